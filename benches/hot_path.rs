@@ -1,0 +1,292 @@
+//! Criterion micro-benchmarks of the per-request hot path: route matching,
+//! header hygiene and the weighted split, plus config loading (a cold path,
+//! for reference). Run with `cargo bench --bench hot_path`; add `-- --quick`
+//! for a fast smoke run. docs/benchmarks.md records results and how to read them.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use portcullis::config;
+use portcullis::proxy;
+use portcullis::routing::split::Split;
+use portcullis::routing::{Conditions, PathMatch, Router};
+
+/// A route table of `n` routes mixing exact paths and prefixes, a quarter of
+/// them with method, host or header conditions, in the shape a real config
+/// has (one service per path segment).
+fn route_table(n: usize) -> Router<usize> {
+    let mut router = Router::new();
+    for i in 0..n {
+        let none = || Conditions {
+            host: None,
+            methods: None,
+            headers: vec![],
+        };
+        let (path, conditions) = match i % 4 {
+            0 => (PathMatch::Exact(format!("/svc{i}/status")), none()),
+            1 => (
+                PathMatch::Prefix(format!("/svc{i}/api")),
+                Conditions {
+                    methods: Some(vec![Method::GET, Method::POST]),
+                    ..none()
+                },
+            ),
+            2 => (
+                PathMatch::Prefix(format!("/svc{i}")),
+                Conditions {
+                    host: Some((".example.com".to_string(), true)),
+                    ..none()
+                },
+            ),
+            _ => (
+                PathMatch::Prefix(format!("/svc{i}/v1")),
+                Conditions {
+                    headers: vec![(
+                        HeaderName::from_static("x-tenant"),
+                        HeaderValue::from_str(&format!("t{i}")).expect("valid header value"),
+                    )],
+                    ..none()
+                },
+            ),
+        };
+        router.add(path, conditions, Arc::new(i));
+    }
+    router
+}
+
+/// Headers of a typical browser or SDK request, before the gateway touches them.
+fn typical_request_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let mut put = |name: &'static str, value: &'static str| {
+        h.append(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    };
+    put("host", "api.example.com");
+    put("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36");
+    put("accept", "application/json, text/plain, */*");
+    put("accept-encoding", "gzip, deflate, br");
+    put("accept-language", "en-GB,en;q=0.9");
+    put(
+        "authorization",
+        "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJl",
+    );
+    put("cookie", "session=5f2b1c9e0a7d4e3f; theme=dark");
+    put("connection", "keep-alive");
+    put("keep-alive", "timeout=5");
+    put("x-forwarded-for", "203.0.113.7");
+    put("content-type", "application/json");
+    put("content-length", "42");
+    h
+}
+
+fn bench_route_match(c: &mut Criterion) {
+    // Why: `find` runs on every request. The table is hashed by path, so a
+    // lookup should cost the same with 10 or 1,000 routes and grow only with
+    // the request path's depth; this shows whether that holds for an exact
+    // hit on the last route added, a prefix hit on a deep path (one hash
+    // probe per segment boundary, then the route's method condition) and a
+    // miss (every boundary probed, down to `/`).
+    let mut group = c.benchmark_group("route_match");
+    let headers = typical_request_headers();
+    for n in [10usize, 1_000] {
+        let router = route_table(n);
+        let last = |rem: usize| {
+            (0..n)
+                .rev()
+                .find(|i| i % 4 == rem)
+                .expect("table has every kind")
+        };
+        let exact_path = format!("/svc{}/status", last(0));
+        let prefix_path = format!("/svc{}/api/users/42/orders/7", last(1));
+        let miss_path = "/nothing/here/at/all";
+        assert_eq!(
+            router
+                .find(Some("api.example.com"), &exact_path, &Method::GET, &headers)
+                .map(|r| **r),
+            Some(last(0))
+        );
+        assert_eq!(
+            router
+                .find(
+                    Some("api.example.com"),
+                    &prefix_path,
+                    &Method::GET,
+                    &headers
+                )
+                .map(|r| **r),
+            Some(last(1))
+        );
+        assert!(router
+            .find(Some("api.example.com"), miss_path, &Method::GET, &headers)
+            .is_none());
+
+        group.bench_with_input(BenchmarkId::new("exact_hit_last", n), &router, |b, r| {
+            b.iter(|| {
+                r.find(
+                    black_box(Some("api.example.com")),
+                    black_box(&exact_path),
+                    &Method::GET,
+                    &headers,
+                )
+                .map(|x| **x)
+            })
+        });
+        group.bench_with_input(
+            BenchmarkId::new("prefix_hit_deep_path", n),
+            &router,
+            |b, r| {
+                b.iter(|| {
+                    r.find(
+                        black_box(Some("api.example.com")),
+                        black_box(&prefix_path),
+                        &Method::GET,
+                        &headers,
+                    )
+                    .map(|x| **x)
+                })
+            },
+        );
+        group.bench_with_input(BenchmarkId::new("miss", n), &router, |b, r| {
+            b.iter(|| {
+                r.find(
+                    black_box(Some("api.example.com")),
+                    black_box(miss_path),
+                    &Method::GET,
+                    &headers,
+                )
+                .map(|x| **x)
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_header_hygiene(c: &mut Criterion) {
+    // Why: every proxied request pays for request-id and traceparent handling
+    // on the way in and hop-by-hop removal plus X-Forwarded-* on the way to
+    // the upstream. These allocate header values, so they are the likeliest
+    // per-request cost after I/O. Each runs on a fresh copy of a typical
+    // 12-header request (the copy is not timed). Copies are made 64 at a
+    // time: with criterion's `SmallInput` batches (thousands of maps) the
+    // timings were dominated by first-touch page faults when a map grows,
+    // 2.7 µs instead of 0.4 µs for `ensure_traceparent`.
+    let mut group = c.benchmark_group("header_hygiene");
+    let template = typical_request_headers();
+    let host = HeaderValue::from_static("api.example.com");
+    let peer = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 23));
+
+    group.bench_function("to_upstream", |b| {
+        b.iter_batched_ref(
+            || template.clone(),
+            |h| proxy::to_upstream(h, black_box(peer), Some(&host), "http"),
+            BatchSize::NumIterations(64),
+        )
+    });
+    group.bench_function("remove_hop_by_hop", |b| {
+        let mut with_named = template.clone();
+        // `Connection` naming another header, which must go as well.
+        with_named.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-debug"),
+        );
+        with_named.insert("x-debug", HeaderValue::from_static("1"));
+        b.iter_batched_ref(
+            || with_named.clone(),
+            proxy::remove_hop_by_hop,
+            BatchSize::NumIterations(64),
+        )
+    });
+
+    group.bench_function("request_id/new", |b| {
+        b.iter(|| proxy::request_id(black_box(&template)))
+    });
+    let mut with_id = template.clone();
+    with_id.insert(
+        "x-request-id",
+        HeaderValue::from_static("0d4e5f6a7b8c9d0e1f2a3b4c5d6e7f80"),
+    );
+    group.bench_function("request_id/client_supplied", |b| {
+        b.iter(|| proxy::request_id(black_box(&with_id)))
+    });
+
+    group.bench_function("ensure_traceparent/new", |b| {
+        b.iter_batched_ref(
+            || template.clone(),
+            proxy::ensure_traceparent,
+            BatchSize::NumIterations(64),
+        )
+    });
+    let mut with_trace = template.clone();
+    with_trace.insert(
+        "traceparent",
+        HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    group.bench_function("ensure_traceparent/valid_kept", |b| {
+        b.iter_batched_ref(
+            || with_trace.clone(),
+            proxy::ensure_traceparent,
+            BatchSize::NumIterations(64),
+        )
+    });
+
+    // All of the inbound steps one request takes, in pipeline order.
+    group.bench_function("all_inbound_steps", |b| {
+        b.iter_batched_ref(
+            || template.clone(),
+            |h| {
+                let id = proxy::request_id(h);
+                proxy::ensure_traceparent(h);
+                proxy::to_upstream(h, black_box(peer), Some(&host), "http");
+                id
+            },
+            BatchSize::NumIterations(64),
+        )
+    });
+    group.finish();
+}
+
+fn bench_split(c: &mut Criterion) {
+    // Why: a canary route draws a random number and searches the cumulative
+    // weights on every request; this confirms that costs nanoseconds, next
+    // to the single-target fast path (no draw at all).
+    let mut group = c.benchmark_group("split_pick");
+    let canary = Split::new([(90u32, "stable"), (10, "canary")]);
+    group.bench_function("90_10", |b| b.iter(|| black_box(&canary).pick().copied()));
+    let single = Split::new([(1u32, "only")]);
+    group.bench_function("single_target", |b| {
+        b.iter(|| black_box(&single).pick().copied())
+    });
+    group.finish();
+}
+
+fn bench_config_load(c: &mut Criterion) {
+    // Why: not a per-request cost. Loading runs at start and on every reload,
+    // so this is a reference point: parse, `${VAR}` expansion, typed
+    // deserialisation and validation of the repo's demo gateway.yaml.
+    let text = include_str!("../gateway.yaml");
+    let load = || {
+        config::load_str(black_box(text), "gateway.yaml", PathBuf::from("."), &|_| {
+            None
+        })
+    };
+    if let Err(e) = load() {
+        panic!("gateway.yaml does not load: {e}");
+    }
+    c.bench_function("config_load/gateway.yaml", |b| b.iter(|| load().is_ok()));
+}
+
+criterion_group!(
+    benches,
+    bench_route_match,
+    bench_header_hygiene,
+    bench_split,
+    bench_config_load
+);
+criterion_main!(benches);

@@ -1,0 +1,116 @@
+//! The admin port: `/health/live`, `/health/ready`, `/metrics`, `/status`.
+//! Never shed, never routed, never counted as traffic.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::Shared;
+
+/// Serves the admin endpoints until the process ends.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(answer(&shared, &req)) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/health/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
+        "/health/ready" => {
+            if shared.is_ready() {
+                reply(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".into(),
+                )
+            }
+        }
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            shared.metrics.render(),
+        ),
+        "/status" => reply(StatusCode::OK, "application/json", status(shared)),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+fn status(shared: &Shared) -> String {
+    let snap = shared.snapshot.load();
+    let upstreams: Vec<_> = snap
+        .upstreams
+        .iter()
+        .map(|u| {
+            serde_json::json!({
+                "name": &*u.name,
+                "balance": u.balance.as_str(),
+                "endpoints": u.endpoints.iter().map(|e| serde_json::json!({
+                    "address": &*e.addr,
+                    "in_flight": e.in_flight(),
+                    // Active health checks come with the resilience issue.
+                    "health": "unchecked",
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let loaded = snap
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let doc = serde_json::json!({
+        "generation": snap.generation,
+        "config_file": snap.file,
+        "config_hash": snap.hash,
+        "loaded_at_unix": loaded,
+        "last_reload": { "result": "ok", "error": null },
+        "ready": shared.is_ready(),
+        "draining": shared.is_draining(),
+        "routes": snap.router.len(),
+        "upstreams": upstreams,
+    });
+    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}

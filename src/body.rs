@@ -1,0 +1,220 @@
+//! Body types on both sides of the gateway. Bodies stream frame by frame and
+//! are never buffered whole.
+//!
+//! - [`RequestBody`]: the client's body on its way upstream, cut at
+//!   `max_body_bytes` while streaming (chunked bodies included).
+//! - [`ResponseBody`]: what the client receives, either the upstream's body or
+//!   a small body the gateway made; it counts bytes and, when the response is
+//!   over (finished or abandoned), drops its [`Exchange`] which writes the
+//!   access log line and the request metrics exactly once.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::telemetry::Exchange;
+
+/// The request body grew past `max_body_bytes` while streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+/// The client's request body, limited to `limit` bytes.
+pub struct RequestBody {
+    /// `None` once the limit was hit and the rest handed to [`linger`].
+    inner: Option<Incoming>,
+    limit: u64,
+    seen: u64,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        RequestBody {
+            inner: Some(inner),
+            limit,
+            seen: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        if let Some(rest) = this.inner.take() {
+                            linger(rest);
+                        }
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: this.limit,
+                        }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// How long, and how much, of an unwanted request body is read and thrown
+/// away after the gateway answered early.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_BYTES: u64 = 64 << 20;
+
+/// Reads and discards what is left of a request body the gateway will not
+/// forward (it answered 404, 413, ... before reading it), for a bounded time
+/// and size. Closing a socket with unread data makes the kernel send a
+/// reset, which can destroy the error response before the client reads it;
+/// NGINX calls the same remedy "lingering close".
+pub fn linger(body: Incoming) {
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut read = 0u64;
+        let deadline = tokio::time::Instant::now() + LINGER_TIME;
+        while read < LINGER_BYTES {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                _ => break,
+            }
+        }
+    });
+}
+
+pin_project_lite::pin_project! {
+    #[project = InnerProj]
+    enum Inner {
+        Upstream { #[pin] body: Incoming },
+        Full { data: Option<Bytes> },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The body sent to the client.
+    pub struct ResponseBody {
+        #[pin]
+        inner: Inner,
+        exchange: Option<Exchange>,
+    }
+}
+
+impl ResponseBody {
+    /// A body the gateway made itself.
+    pub fn full(data: Bytes) -> Self {
+        ResponseBody {
+            inner: Inner::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+            exchange: None,
+        }
+    }
+
+    /// The upstream's body, streamed through.
+    pub fn upstream(body: Incoming) -> Self {
+        ResponseBody {
+            inner: Inner::Upstream { body },
+            exchange: None,
+        }
+    }
+
+    /// Attaches the request's bookkeeping; it is finished when the body ends
+    /// or is dropped.
+    pub fn track(&mut self, mut exchange: Exchange) {
+        // An empty body may never be polled.
+        exchange.completed = self.is_end_stream();
+        self.exchange = Some(exchange);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let polled = match this.inner.as_mut().project() {
+            InnerProj::Upstream { body } => body.poll_frame(cx),
+            InnerProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(ex)) = (frame.data_ref(), this.exchange.as_mut()) {
+                    ex.bytes_out += data.len() as u64;
+                }
+                // With a known length hyper stops polling after the last
+                // byte instead of waiting for the end of the stream.
+                let ended = match this.inner.as_ref().get_ref() {
+                    Inner::Upstream { body } => body.is_end_stream(),
+                    Inner::Full { data } => data.is_none(),
+                };
+                if ended {
+                    if let Some(mut ex) = this.exchange.take() {
+                        ex.completed = true;
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(mut ex) = this.exchange.take() {
+                    ex.completed = true;
+                }
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream { body } => body.is_end_stream(),
+            Inner::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream { body } => body.size_hint(),
+            Inner::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! `gateway.yaml`, type for type (see CONTRACT.md), and the loader that turns
+//! its text into a [`Config`] or into every error it has, each as
+//! `PATH:LINE:COL: message`.
+//!
+//! Flow: text → [`yaml::parse`] (value tree + positions) → `${ENV}` expansion →
+//! typed deserialization (unknown keys collected, not fatal) → [`validate`]
+//! (cross-references, duplicates, weights). Nothing here knows about runtime.
+
+pub mod validate;
+pub mod values;
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use values::{Dur, Size};
+use yaml::{Pos, Positions};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_bind")]
+    pub bind: String,
+}
+
+fn default_admin_bind() -> String {
+    "127.0.0.1:9901".into()
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            bind: default_admin_bind(),
+        }
+    }
+}
+
+/// `workers: auto` or a thread count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workers {
+    #[default]
+    Auto,
+    Count(usize),
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) if s == "auto" => Ok(Workers::Auto),
+            Value::Number(n) => match n.as_u64() {
+                Some(c) if (1..=1024).contains(&c) => Ok(Workers::Count(c as usize)),
+                _ => Err(serde::de::Error::custom(
+                    "workers must be `auto` or a count from 1 to 1024",
+                )),
+            },
+            _ => Err(serde::de::Error::custom(
+                "workers must be `auto` or a count from 1 to 1024",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub workers: Workers,
+    pub max_connections: usize,
+    pub header_read_timeout: Dur,
+    pub idle_timeout: Dur,
+    pub max_header_bytes: Size,
+    pub max_body_bytes: Size,
+    pub drain_delay: Dur,
+    pub drain_timeout: Dur,
+    /// One JSON line per request on stdout (added to the contract).
+    pub access_log: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            workers: Workers::Auto,
+            max_connections: 10_000,
+            header_read_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(60),
+            max_header_bytes: Size(16 << 10),
+            max_body_bytes: Size(10 << 20),
+            drain_delay: Dur::secs(0),
+            drain_timeout: Dur::secs(30),
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastRequests,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastRequests => "least_requests",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur::secs(1)
+}
+fn default_request_timeout() -> Dur {
+    Dur::secs(15)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: MatchConfig,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub split: Option<Vec<SplitConfig>>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderValueConfig>,
+}
+
+/// A header value to match; YAML numbers and booleans are taken as their text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderValueConfig(pub String);
+
+impl<'de> Deserialize<'de> for HeaderValueConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        values::string_or_number(d).map(HeaderValueConfig)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    pub upstream: String,
+    pub weight: u32,
+}
+
+/// One problem in the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub pos: Pos,
+    /// The YAML path of the offending node, e.g. `routes[2].upstream`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.pos.line, self.pos.col, self.message
+        )?;
+        if !self.path.is_empty() {
+            write!(f, " (at `{}`)", self.path)?;
+        }
+        Ok(())
+    }
+}
+
+/// All errors of one config file, in file order.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A parsed, validated config and where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// Directory that relative paths in the file are relative to.
+    pub base_dir: PathBuf,
+    /// Hex SHA-256 of the file's bytes.
+    pub hash: String,
+    /// Name used in error messages and logs.
+    pub file: String,
+}
+
+/// Reads and loads a config file.
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            pos: Pos { line: 1, col: 1 },
+            path: String::new(),
+            message: format!("cannot read config file: {e}"),
+        }])
+    })?;
+    let base_dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    load_str(&text, &file, base_dir, &|n| std::env::var(n).ok())
+}
+
+/// Loads config text; `file` names it in errors, `env` resolves `${NAME}`.
+pub fn load_str(
+    text: &str,
+    file: &str,
+    base_dir: PathBuf,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigErrors> {
+    let err = |pos: Pos, path: &str, message: String| ConfigError {
+        file: file.to_string(),
+        pos,
+        path: path.to_string(),
+        message,
+    };
+    let (mut value, positions) = yaml::parse(text)
+        .map_err(|e| ConfigErrors(vec![err(e.pos, "", format!("YAML syntax: {}", e.message))]))?;
+    if value.is_null() {
+        value = Value::Object(Default::default());
+    }
+
+    let mut errors = Vec::new();
+    expand_env_in(&mut value, "", env, &mut |path, msg| {
+        errors.push(err(positions.value(path), path, msg));
+    });
+    let typed = deserialize_all(value, &positions, &err, &mut errors);
+    if let Some(config) = &typed {
+        // A node already reported (bad value, unset variable) is not
+        // reported again by validation.
+        let reported: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
+        validate::validate(config, &mut |path: &str, at_key: bool, msg: String| {
+            let covered = |r: &String| {
+                path.strip_prefix(r.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+            };
+            if reported.iter().any(covered) {
+                return;
+            }
+            let pos = if at_key {
+                positions.key(path)
+            } else {
+                positions.value(path)
+            };
+            errors.push(err(pos, path, msg));
+        });
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| (e.pos.line, e.pos.col));
+        errors.dedup();
+        return Err(ConfigErrors(errors));
+    }
+    let config = typed
+        .ok_or_else(|| ConfigErrors(vec![err(Pos::default(), "", "invalid config".into())]))?;
+    Ok(Loaded {
+        config,
+        base_dir,
+        hash: sha256_hex(text.as_bytes()),
+        file: file.to_string(),
+    })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn expand_env_in(
+    value: &mut Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    report: &mut dyn FnMut(&str, String),
+) {
+    match value {
+        Value::String(s) if s.contains("${") => match values::expand_env(s, env) {
+            Ok(expanded) => *s = expanded,
+            Err(msg) => report(path, msg),
+        },
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_env_in(item, &yaml::join_index(path, i), env, report);
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                expand_env_in(v, &yaml::join_key(path, k), env, report);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Deserializes the whole tree, collecting as many errors as it can: each
+/// type error's node is removed and deserialization retried, so one bad
+/// duration does not hide the next, and every unknown key is reported.
+fn deserialize_all(
+    mut value: Value,
+    positions: &Positions,
+    err: &dyn Fn(Pos, &str, String) -> ConfigError,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Config> {
+    let mut removed: Vec<String> = Vec::new();
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
+            // Nodes with errors were removed; what is left is still worth
+            // validating, so cross-reference errors show up too.
+            Ok(config) => return Some(config),
+            Err(e) => {
+                let path = error_path(e.path());
+                let message = e.inner().to_string();
+                if let Some(field) = message.strip_prefix("unknown field `") {
+                    let field = field.split('`').next().unwrap_or_default();
+                    // The error's path already ends at the unknown key.
+                    let full = if path.ends_with(field) {
+                        path.clone()
+                    } else {
+                        yaml::join_key(&path, field)
+                    };
+                    let expected = message.split_once(", expected").map(|(_, x)| x.trim());
+                    let mut msg = unknown_key_message(&full);
+                    if let Some(expected) = expected {
+                        msg = format!("{msg}; expected {expected}");
+                    }
+                    errors.push(err(positions.key(&full), &full, msg));
+                    if !remove_path(&mut value, &full) {
+                        return None;
+                    }
+                    removed.push(full);
+                } else {
+                    if removed.contains(&path) {
+                        return None;
+                    }
+                    let missing_after_removal = message.starts_with("missing field")
+                        && removed.iter().any(|r| r.starts_with(&path));
+                    if !missing_after_removal {
+                        errors.push(err(positions.value(&path), &path, message));
+                    }
+                    if path.is_empty() || !remove_path(&mut value, &path) {
+                        return None;
+                    }
+                    removed.push(path);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Contract keys owned by issues that have not landed yet get a clearer word
+/// than "unknown key".
+fn unknown_key_message(path: &str) -> String {
+    const PLANNED: &[&str] = &[
+        "tls",
+        "shedding",
+        "versioning",
+        "jwt",
+        "rate_limits",
+        "max_in_flight",
+        "health_check",
+        "circuit_breaker",
+        "retry",
+        "auth",
+        "rate_limit",
+        "priority",
+        "deprecation",
+        "sticky",
+        "guard",
+        "version",
+    ];
+    let key = path.rsplit(['.', '[']).next().unwrap_or(path);
+    if PLANNED.contains(&key) {
+        format!("`{key}` is part of the Portcullis contract but not supported by this build yet")
+    } else {
+        format!("unknown key `{key}`")
+    }
+}
+
+fn error_path(path: &serde_path_to_error::Path) -> String {
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            serde_path_to_error::Segment::Seq { index } => {
+                out = yaml::join_index(&out, *index);
+            }
+            serde_path_to_error::Segment::Map { key } => out = yaml::join_key(&out, key),
+            serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// Removes the node at `path` from the tree; false if it was not there.
+fn remove_path(value: &mut Value, path: &str) -> bool {
+    let (parent_path, last) = match path.rfind(['.', '[']) {
+        Some(i) => (&path[..i], &path[i..]),
+        None => ("", path),
+    };
+    let Some(parent) = lookup_mut(value, parent_path) else {
+        return false;
+    };
+    if let Some(idx) = last.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+        let (Ok(i), Value::Array(items)) = (idx.parse::<usize>(), parent) else {
+            return false;
+        };
+        if i < items.len() {
+            // Replace rather than remove so later indices keep their paths.
+            items[i] = Value::Null;
+            return true;
+        }
+        return false;
+    }
+    let key = last.trim_start_matches('.');
+    match parent {
+        Value::Object(map) => map.remove(key).is_some(),
+        _ => false,
+    }
+}
+
+fn lookup_mut<'a>(value: &'a mut Value, path: &str) -> Option<&'a mut Value> {
+    let mut cur = value;
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('[') {
+            let end = r.find(']')?;
+            let i: usize = r[..end].parse().ok()?;
+            cur = cur.get_mut(i)?;
+            rest = &r[end + 1..];
+        } else {
+            let r = rest.strip_prefix('.').unwrap_or(rest);
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            cur = cur.get_mut(&r[..end])?;
+            rest = &r[end..];
+        }
+    }
+    Some(cur)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,311 @@
+//! Checks a typed [`Config`] beyond what its types say: names unique,
+//! references resolve, addresses parse, weights make sense. Every problem is
+//! reported (never just the first) with the YAML path of the node at fault.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::{Config, MatchConfig, RouteConfig};
+
+/// `report(path, at_key, message)`; `at_key` points the position at the key
+/// rather than the value.
+pub type Report<'a> = dyn FnMut(&str, bool, String) + 'a;
+
+pub fn validate(config: &Config, report: &mut Report<'_>) {
+    if config.listeners.is_empty() {
+        report(
+            "listeners",
+            false,
+            "at least one listener is required".into(),
+        );
+    }
+    let mut binds: HashMap<SocketAddr, usize> = HashMap::new();
+    unique_names(
+        config.listeners.iter().map(|l| l.name.as_str()),
+        "listeners",
+        report,
+    );
+    for (i, l) in config.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}].bind");
+        match parse_bind(&l.bind) {
+            Ok(addr) => {
+                if let Some(first) = binds.insert(addr, i) {
+                    report(
+                        &path,
+                        false,
+                        format!("address {addr} is already used by listeners[{first}]"),
+                    );
+                }
+            }
+            Err(msg) => report(&path, false, msg),
+        }
+    }
+    if let Err(msg) = parse_bind(&config.admin.bind) {
+        report("admin.bind", false, msg);
+    }
+
+    let s = &config.server;
+    if s.max_connections == 0 {
+        report("server.max_connections", false, "must be at least 1".into());
+    }
+    if s.header_read_timeout.0.is_zero() {
+        report(
+            "server.header_read_timeout",
+            false,
+            "must be more than 0".into(),
+        );
+    }
+    if s.idle_timeout.0.is_zero() {
+        report("server.idle_timeout", false, "must be more than 0".into());
+    }
+    if s.max_header_bytes.0 < 1024 || s.max_header_bytes.0 > (1 << 20) {
+        report(
+            "server.max_header_bytes",
+            false,
+            "must be between 1KiB and 1MiB".into(),
+        );
+    }
+
+    unique_names(
+        config.upstreams.iter().map(|u| u.name.as_str()),
+        "upstreams",
+        report,
+    );
+    for (i, u) in config.upstreams.iter().enumerate() {
+        if u.endpoints.is_empty() {
+            report(
+                &format!("upstreams[{i}].endpoints"),
+                false,
+                "an upstream needs at least one endpoint".into(),
+            );
+        }
+        for (j, e) in u.endpoints.iter().enumerate() {
+            if let Err(msg) = check_endpoint(e) {
+                report(&format!("upstreams[{i}].endpoints[{j}]"), false, msg);
+            }
+        }
+        if u.connect_timeout.0.is_zero() {
+            report(
+                &format!("upstreams[{i}].connect_timeout"),
+                false,
+                "must be more than 0".into(),
+            );
+        }
+        if u.request_timeout.0.is_zero() {
+            report(
+                &format!("upstreams[{i}].request_timeout"),
+                false,
+                "must be more than 0".into(),
+            );
+        }
+    }
+
+    let upstream_names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+    unique_names(
+        config.routes.iter().map(|r| r.name.as_str()),
+        "routes",
+        report,
+    );
+    for (i, r) in config.routes.iter().enumerate() {
+        validate_route(r, &format!("routes[{i}]"), &upstream_names, report);
+    }
+}
+
+fn validate_route(r: &RouteConfig, path: &str, upstreams: &[&str], report: &mut Report<'_>) {
+    validate_match(&r.matcher, &format!("{path}.match"), report);
+    let known = |name: &str| upstreams.contains(&name);
+    match (&r.upstream, &r.split) {
+        (Some(_), Some(_)) => report(
+            &format!("{path}.split"),
+            true,
+            "a route has exactly one of `upstream` and `split`, not both".into(),
+        ),
+        (None, None) => report(path, false, "a route needs `upstream` or `split`".into()),
+        (Some(u), None) => {
+            if !known(u) {
+                report(
+                    &format!("{path}.upstream"),
+                    false,
+                    format!("unknown upstream `{u}`{}", suggest(u, upstreams)),
+                );
+            }
+        }
+        (None, Some(split)) => {
+            if split.is_empty() {
+                report(&format!("{path}.split"), false, "split is empty".into());
+            }
+            for (j, s) in split.iter().enumerate() {
+                if !known(&s.upstream) {
+                    report(
+                        &format!("{path}.split[{j}].upstream"),
+                        false,
+                        format!(
+                            "unknown upstream `{}`{}",
+                            s.upstream,
+                            suggest(&s.upstream, upstreams)
+                        ),
+                    );
+                }
+            }
+            let total: u64 = split.iter().map(|s| u64::from(s.weight)).sum();
+            if !split.is_empty() && total == 0 {
+                report(
+                    &format!("{path}.split"),
+                    false,
+                    "split weights sum to 0: at least one weight must be more than 0".into(),
+                );
+            }
+        }
+    }
+    if let Some(t) = r.timeout {
+        if t.0.is_zero() {
+            report(
+                &format!("{path}.timeout"),
+                false,
+                "must be more than 0".into(),
+            );
+        }
+    }
+    if let Some(p) = &r.strip_prefix {
+        if !p.starts_with('/') {
+            report(
+                &format!("{path}.strip_prefix"),
+                false,
+                "strip_prefix must start with `/`".into(),
+            );
+        }
+    }
+}
+
+fn validate_match(m: &MatchConfig, path: &str, report: &mut Report<'_>) {
+    match (&m.path, &m.path_prefix) {
+        (Some(_), Some(_)) => report(
+            &format!("{path}.path"),
+            true,
+            "use either `path` (exact) or `path_prefix`, not both".into(),
+        ),
+        (None, None) => report(
+            path,
+            false,
+            "a match needs `path` or `path_prefix` (use `path_prefix: /` to match every path)"
+                .into(),
+        ),
+        (Some(p), None) | (None, Some(p)) => {
+            let key = if m.path.is_some() {
+                "path"
+            } else {
+                "path_prefix"
+            };
+            if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
+                report(
+                    &format!("{path}.{key}"),
+                    false,
+                    format!("`{p}` is not a valid path: it must start with `/` and hold no `?`, `#` or spaces"),
+                );
+            }
+        }
+    }
+    if let Some(methods) = &m.methods {
+        if methods.is_empty() {
+            report(&format!("{path}.methods"), false, "methods is empty".into());
+        }
+        for (i, meth) in methods.iter().enumerate() {
+            if http::Method::from_bytes(meth.to_ascii_uppercase().as_bytes()).is_err() {
+                report(
+                    &format!("{path}.methods[{i}]"),
+                    false,
+                    format!("`{meth}` is not an HTTP method"),
+                );
+            }
+        }
+    }
+    if let Some(h) = &m.host {
+        let bare = h.strip_prefix("*.").unwrap_or(h);
+        let ok = !bare.is_empty()
+            && bare
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !ok {
+            report(
+                &format!("{path}.host"),
+                false,
+                format!("`{h}` is not a host name (a leading `*.` wildcard is allowed; no port)"),
+            );
+        }
+    }
+    for (name, value) in &m.headers {
+        let p = format!("{path}.headers.{name}");
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            report(&p, true, format!("`{name}` is not a valid header name"));
+        }
+        if http::HeaderValue::from_str(&value.0).is_err() {
+            report(&p, false, "not a valid header value".into());
+        }
+    }
+}
+
+fn unique_names<'a>(names: impl Iterator<Item = &'a str>, section: &str, report: &mut Report<'_>) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, name) in names.enumerate() {
+        let path = format!("{section}[{i}].name");
+        if name.is_empty() {
+            report(&path, false, "name is empty".into());
+        } else if let Some(first) = seen.insert(name, i) {
+            report(
+                &path,
+                false,
+                format!("duplicate name `{name}` (first used by {section}[{first}])"),
+            );
+        }
+    }
+}
+
+/// A listen address: `IP:PORT` (`0.0.0.0:8080`, `[::]:8443`, `127.0.0.1:0`).
+pub fn parse_bind(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>().map_err(|_| {
+        format!("`{text}` is not an address to bind: expected IP:PORT, like `0.0.0.0:8080`")
+    })
+}
+
+/// An upstream endpoint: `IP:PORT` or `HOST:PORT`.
+fn check_endpoint(text: &str) -> Result<(), String> {
+    if text.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || format!("`{text}` is not an endpoint: expected HOST:PORT, like `127.0.0.1:9101`");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port_ok = port.parse::<u16>().map(|p| p > 0).unwrap_or(false);
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if port_ok && host_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+/// ", did you mean `x`?" when a known name is one or two edits away.
+fn suggest(name: &str, known: &[&str]) -> String {
+    known
+        .iter()
+        .filter(|k| edit_distance(name, k) <= 2)
+        .min_by_key(|k| edit_distance(name, k))
+        .map(|k| format!(", did you mean `{k}`?"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

@@ -1,0 +1,166 @@
+//! `portcullis demo` and `portcullis backend`: small JSON backends for a
+//! newcomer's first run (and for load tests), and the ready-to-paste
+//! commands printed once the demo gateway is up.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+/// Binds a demo backend called `name` on `addr` and serves it in the
+/// background. It answers `/health` with `{"status":"ok"}` and anything else
+/// with JSON naming itself and describing the request it saw (the body is
+/// read and counted, not kept).
+pub async fn spawn_backend(addr: SocketAddr, name: &str) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let name: Arc<str> = Arc::from(name);
+    tokio::spawn(async move {
+        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let name = name.clone();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let name = name.clone();
+                    async move { Ok::<_, Infallible>(backend_answer(&name, req).await) }
+                });
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+async fn backend_answer(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, mut body) = req.into_parts();
+    let body_text = if parts.uri.path() == "/health" {
+        r#"{"status":"ok"}"#.to_string()
+    } else {
+        let mut body_bytes: u64 = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(d) = frame.data_ref() {
+                body_bytes += d.len() as u64;
+            }
+        }
+        let headers: BTreeMap<&str, &str> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or("<binary>")))
+            .collect();
+        let doc = serde_json::json!({
+            "backend": name,
+            "method": parts.method.as_str(),
+            "path": parts.uri.path(),
+            "query": parts.uri.query(),
+            "headers": headers,
+            "body_bytes": body_bytes,
+        });
+        doc.to_string()
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body_text + "\n")));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Starts a backend for every loopback endpoint in `config`, named
+/// `<upstream>-<n>`. Returns what it started.
+pub async fn spawn_backends(config: &Config) -> Result<Vec<(String, SocketAddr)>, String> {
+    let mut started = Vec::new();
+    for u in &config.upstreams {
+        for (i, e) in u.endpoints.iter().enumerate() {
+            let Ok(addr) = e.parse::<SocketAddr>() else {
+                continue;
+            };
+            if !addr.ip().is_loopback() {
+                continue;
+            }
+            let name = format!("{}-{}", u.name, i + 1);
+            let local = spawn_backend(addr, &name)
+                .await
+                .map_err(|err| format!("cannot start demo backend {name} on {addr}: {err}"))?;
+            started.push((name, local));
+        }
+    }
+    Ok(started)
+}
+
+/// The commands printed when the demo is up: one `curl` per route, the
+/// admin endpoints, and a `wrk` run.
+pub fn commands(config: &Config, listeners: &[(String, SocketAddr)], admin: SocketAddr) -> String {
+    let Some((_, gw)) = listeners.first() else {
+        return String::new();
+    };
+    let base = format!("http://{}", loopback(*gw));
+    let mut out = String::new();
+    out.push_str("\nPortcullis demo is up. Try:\n\n");
+    let mut wrk_path = None;
+    for r in &config.routes {
+        let m = &r.matcher;
+        let path = match (&m.path, &m.path_prefix) {
+            (Some(p), _) => p.clone(),
+            (None, Some(p)) => format!("{}/42", p.trim_end_matches('/')),
+            (None, None) => "/".into(),
+        };
+        let mut args = String::new();
+        if let Some(h) = &m.host {
+            args.push_str(&format!(" -H 'Host: {}'", h.replace('*', "demo")));
+        }
+        for (k, v) in &m.headers {
+            args.push_str(&format!(" -H '{k}: {}'", v.0));
+        }
+        let method = m
+            .methods
+            .as_ref()
+            .and_then(|ms| ms.first())
+            .map(|x| x.to_ascii_uppercase())
+            .unwrap_or_else(|| "GET".into());
+        let method_arg = if method == "GET" {
+            String::new()
+        } else {
+            format!(" -X {method}")
+        };
+        out.push_str(&format!(
+            "  # route `{}`\n  curl -si{method_arg}{args} {base}{path}\n\n",
+            r.name
+        ));
+        if wrk_path.is_none() && args.is_empty() && method == "GET" {
+            wrk_path = Some(path);
+        }
+    }
+    let admin = format!("http://{}", loopback(admin));
+    out.push_str(&format!(
+        "  # no route: a problem document\n  curl -si {base}/nope\n\n\
+         \x20 # admin port\n  curl -s {admin}/status\n  curl -s {admin}/metrics | grep portcullis_\n\n\
+         \x20 # load (install wrk: apt-get install wrk)\n  wrk -t2 -c32 -d10s {base}{}\n\n\
+         Ctrl-C drains and stops.\n",
+        wrk_path.unwrap_or_else(|| "/".into())
+    ));
+    out
+}
+
+/// `0.0.0.0:8080` is printed as `127.0.0.1:8080`: something a curl can reach.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    }
+}

@@ -1,0 +1,181 @@
+//! [`Reject`]: every way the gateway refuses or fails a request, and the one
+//! place that turns a refusal into a status, headers and the contract's
+//! RFC 9457 problem document. Pipeline steps return `Err(Reject)`; they never
+//! build responses themselves.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+
+use crate::body::ResponseBody;
+
+/// Why the gateway answered a request itself.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Reject {
+    #[error("the request is malformed: {reason}")]
+    BadRequest { reason: &'static str },
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("the request headers are larger than {limit} bytes")]
+    HeadersTooLarge { limit: u64 },
+    #[error("upstream `{upstream}` failed: {cause}")]
+    BadGateway {
+        upstream: Arc<str>,
+        cause: UpstreamFailure,
+    },
+    #[error("upstream `{upstream}` did not answer within {timeout_ms} ms")]
+    UpstreamTimeout { upstream: Arc<str>, timeout_ms: u64 },
+}
+
+/// What went wrong talking to an upstream (for `detail` and logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Connect,
+    ConnectTimeout,
+    Reset,
+    Protocol,
+}
+
+impl std::fmt::Display for UpstreamFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpstreamFailure::Connect => "connection refused or unreachable",
+            UpstreamFailure::ConnectTimeout => "connect timed out",
+            UpstreamFailure::Reset => "connection closed before a complete response",
+            UpstreamFailure::Protocol => "invalid HTTP response",
+        })
+    }
+}
+
+/// Every error code, in a fixed order (the index of a code is used for
+/// per-route metric handle tables).
+pub const CODES: [&str; 6] = [
+    "bad_request",
+    "no_route",
+    "payload_too_large",
+    "headers_too_large",
+    "bad_gateway",
+    "upstream_timeout",
+];
+
+impl Reject {
+    /// The HTTP status. Exhaustive on purpose: a new variant must say its status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Reject::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Reject::NoRoute => StatusCode::NOT_FOUND,
+            Reject::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reject::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            Reject::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Index of [`Reject::code`] in [`CODES`].
+    pub fn code_index(&self) -> usize {
+        match self {
+            Reject::BadRequest { .. } => 0,
+            Reject::NoRoute => 1,
+            Reject::PayloadTooLarge { .. } => 2,
+            Reject::HeadersTooLarge { .. } => 3,
+            Reject::BadGateway { .. } => 4,
+            Reject::UpstreamTimeout { .. } => 5,
+        }
+    }
+
+    /// The stable machine-readable code: the body's `error`, the metric's
+    /// `reason` label and the access log's `error` field.
+    pub fn code(&self) -> &'static str {
+        CODES[self.code_index()]
+    }
+
+    fn upstream(&self) -> Option<&str> {
+        match self {
+            Reject::BadGateway { upstream, .. } | Reject::UpstreamTimeout { upstream, .. } => {
+                Some(upstream)
+            }
+            _ => None,
+        }
+    }
+
+    /// The problem document and headers for this rejection.
+    pub fn to_response(&self, request_id: &str) -> Response<ResponseBody> {
+        let status = self.status();
+        let mut doc = serde_json::json!({
+            "type": format!("urn:portcullis:problem:{}", self.code()),
+            "title": status.canonical_reason().unwrap_or(""),
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+            "error": self.code(),
+            "request_id": request_id,
+        });
+        if let Some(u) = self.upstream() {
+            doc["upstream"] = u.into();
+        }
+        let body = serde_json::to_vec(&doc).unwrap_or_default();
+        let mut resp = Response::new(ResponseBody::full(Bytes::from(body)));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Reject> {
+        let u: Arc<str> = Arc::from("u");
+        vec![
+            Reject::BadRequest { reason: "x" },
+            Reject::NoRoute,
+            Reject::PayloadTooLarge { limit: 1 },
+            Reject::HeadersTooLarge { limit: 1 },
+            Reject::BadGateway {
+                upstream: u.clone(),
+                cause: UpstreamFailure::Connect,
+            },
+            Reject::UpstreamTimeout {
+                upstream: u,
+                timeout_ms: 5,
+            },
+        ]
+    }
+
+    #[test]
+    fn status_and_code_table_is_pinned() {
+        let table: Vec<(u16, &str)> = all()
+            .iter()
+            .map(|r| (r.status().as_u16(), r.code()))
+            .collect();
+        assert_eq!(
+            table,
+            vec![
+                (400, "bad_request"),
+                (404, "no_route"),
+                (413, "payload_too_large"),
+                (431, "headers_too_large"),
+                (502, "bad_gateway"),
+                (504, "upstream_timeout"),
+            ]
+        );
+    }
+
+    #[test]
+    fn problem_document_shape() {
+        let r = Reject::UpstreamTimeout {
+            upstream: Arc::from("users"),
+            timeout_ms: 250,
+        };
+        let resp = r.to_response("rid-1");
+        assert_eq!(resp.status(), 504);
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/problem+json");
+    }
+}

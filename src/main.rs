@@ -1,0 +1,205 @@
+//! The `portcullis` command line (CONTRACT.md, Command line).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portcullis::config::{self, Loaded, Workers};
+use portcullis::telemetry::{init_logging, LogFormat};
+use portcullis::{demo, Drained, Gateway, RunningGateway};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A layer-7 reverse proxy and API gateway"
+)]
+struct Cli {
+    /// Log line format on stdout.
+    #[arg(long, value_enum, default_value = "json", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run {
+        #[arg(long, default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Parse and validate a config file, like `nginx -t`.
+    Check { path: PathBuf },
+    /// Start demo backends on the endpoints gateway.yaml names, then the gateway.
+    Demo {
+        #[arg(long, default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Run one demo backend (JSON echo with /health), e.g. as a load-test upstream.
+    Backend {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long, default_value = "backend")]
+        name: String,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run {
+        config: PathBuf::from("gateway.yaml"),
+    }) {
+        Command::Check { path } => check(&path),
+        Command::Run { config } => run(&config, cli.log_format, false),
+        Command::Demo { config } => run(&config, cli.log_format, true),
+        Command::Backend {
+            bind,
+            name,
+            workers,
+        } => backend(bind, &name, workers),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load_file(path) {
+        Ok(loaded) => {
+            let c = &loaded.config;
+            println!(
+                "{}: ok: {} listener(s), {} upstream(s), {} route(s); sha256 {}",
+                path.display(),
+                c.listeners.len(),
+                c.upstreams.len(),
+                c.routes.len(),
+                &loaded.hash[..12]
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(path: &Path, log_format: LogFormat, demo: bool) -> ExitCode {
+    let loaded = match config::load_file(path) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Workers::Count(n) = loaded.config.server.workers {
+        rt.worker_threads(n);
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let _log_guard = init_logging(log_format);
+    rt.block_on(serve(loaded, demo))
+}
+
+async fn serve(loaded: Loaded, demo: bool) -> ExitCode {
+    if demo {
+        match demo::spawn_backends(&loaded.config).await {
+            Ok(started) => {
+                for (name, addr) in started {
+                    tracing::info!(backend = %name, %addr, "demo backend started");
+                }
+            }
+            Err(e) => {
+                eprintln!("portcullis demo: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let config = loaded.config.clone();
+    let gateway = match Gateway::start(loaded).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if demo {
+        // After the log lines, so the commands are the last thing on screen.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        println!(
+            "{}",
+            demo::commands(&config, gateway.listeners(), gateway.admin_addr())
+        );
+    }
+    wait_and_drain(gateway).await
+}
+
+/// Waits for SIGTERM or SIGINT, then drains. A second signal exits at once.
+async fn wait_and_drain(gateway: RunningGateway) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        eprintln!("portcullis: cannot install signal handlers");
+        return ExitCode::from(1);
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::warn!("SIGHUP received: hot reload is not supported by this build yet; restart to apply config changes");
+            }
+        }
+    }
+    tracing::info!("shutdown signal received");
+    let drained = tokio::select! {
+        d = gateway.shutdown() => Some(d),
+        _ = term.recv() => None,
+        _ = int.recv() => None,
+    };
+    match drained {
+        // The contract: after drain_timeout the process exits 0 either way.
+        Some(Drained::Clean | Drained::TimedOut) => ExitCode::SUCCESS,
+        None => {
+            tracing::warn!("second signal: exiting without waiting for the drain");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn backend(bind: SocketAddr, name: &str, workers: usize) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build();
+    let Ok(rt) = rt else {
+        eprintln!("portcullis: cannot start the runtime");
+        return ExitCode::from(1);
+    };
+    rt.block_on(async {
+        match demo::spawn_backend(bind, name).await {
+            Ok(addr) => {
+                println!("backend {name} listening on {addr}");
+                let _ = tokio::signal::ctrl_c().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("portcullis backend: cannot listen on {bind}: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}

@@ -1,0 +1,219 @@
+//! Header hygiene (pipeline steps 1 and 6): request id and `traceparent` on
+//! the way in, hop-by-hop removal and `X-Forwarded-*` towards the upstream,
+//! hop-by-hop removal on the way back.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
+use http::HeaderMap;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// plus the legacy ones proxies traditionally drop.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+];
+static UPGRADE: HeaderName = http::header::UPGRADE;
+
+/// Removes hop-by-hop headers, including every header named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(&UPGRADE);
+}
+
+/// Prepares a client request's headers for the upstream.
+///
+/// `host` is the host the client asked for (`Host` or HTTP/2 `:authority`);
+/// it is kept as the upstream's `Host` and reported in `X-Forwarded-Host`.
+pub fn to_upstream(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    host: Option<&HeaderValue>,
+    proto: &'static str,
+) {
+    remove_hop_by_hop(headers);
+    append_forwarded_for(headers, peer);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        if !headers.contains_key(HOST) {
+            headers.insert(HOST, host.clone());
+        }
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
+    let mut buf = [0u8; 64];
+    let ip = format_ip(peer, &mut buf);
+    let combined = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(prev) if !prev.is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip);
+            HeaderValue::from_bytes(&v)
+        }
+        _ => HeaderValue::from_bytes(ip),
+    };
+    // Several X-Forwarded-For lines are folded into one.
+    headers.remove(&X_FORWARDED_FOR);
+    if let Ok(v) = combined {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    &buf[..len]
+}
+
+/// The request id: the client's `x-request-id` if it is sane (1–128 visible
+/// ASCII characters), else a new random one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    HeaderValue::from_bytes(&hex::<32>(fastrand::u128(..))).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// Keeps a valid W3C `traceparent`, or creates one (new trace, not sampled:
+/// the sampling decision belongs to the first real tracer).
+pub fn ensure_traceparent(headers: &mut HeaderMap) {
+    if headers
+        .get(&TRACEPARENT)
+        .is_some_and(|v| valid_traceparent(v.as_bytes()))
+    {
+        return;
+    }
+    let trace = hex::<32>(fastrand::u128(1..));
+    let span = hex::<16>(u128::from(fastrand::u64(1..)));
+    let mut v = [0u8; 55];
+    v[..3].copy_from_slice(b"00-");
+    v[3..35].copy_from_slice(&trace);
+    v[35] = b'-';
+    v[36..52].copy_from_slice(&span);
+    v[52..].copy_from_slice(b"-00");
+    if let Ok(value) = HeaderValue::from_bytes(&v) {
+        headers.insert(TRACEPARENT.clone(), value);
+    }
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero
+/// (W3C Trace Context §3.2); lower-case hex only.
+pub fn valid_traceparent(v: &[u8]) -> bool {
+    let is_hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let non_zero = |s: &[u8]| s.iter().any(|c| *c != b'0');
+    v.len() == 55
+        && v[2] == b'-'
+        && v[35] == b'-'
+        && v[52] == b'-'
+        && is_hex(&v[..2])
+        && &v[..2] != b"ff"
+        && is_hex(&v[3..35])
+        && non_zero(&v[3..35])
+        && is_hex(&v[36..52])
+        && non_zero(&v[36..52])
+        && is_hex(&v[53..55])
+}
+
+/// The low `N` hex digits of `n`, lower case.
+fn hex<const N: usize>(mut n: u128) -> [u8; N] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'0'; N];
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        let host = HeaderValue::from_static("a.com");
+        to_upstream(&mut h, "10.0.0.1".parse().unwrap(), Some(&host), "http");
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.com");
+        assert_eq!(h["host"], "a.com");
+    }
+
+    #[test]
+    fn request_ids_and_traceparents() {
+        let mut h = HeaderMap::new();
+        let id = request_id(&h);
+        assert_eq!(id.len(), 32);
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h), "has space");
+
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(valid_traceparent(good.as_bytes()));
+        h.insert(&TRACEPARENT, HeaderValue::from_static(good));
+        ensure_traceparent(&mut h);
+        assert_eq!(h[&TRACEPARENT], good);
+        h.insert(
+            &TRACEPARENT,
+            HeaderValue::from_static("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        );
+        ensure_traceparent(&mut h);
+        let created = h[&TRACEPARENT].as_bytes().to_vec();
+        assert!(
+            valid_traceparent(&created),
+            "{:?}",
+            String::from_utf8_lossy(&created)
+        );
+    }
+}

@@ -1,0 +1,299 @@
+//! Listeners: the accept loop, the connection cap, HTTP/1.1 and HTTP/2
+//! (prior knowledge) on one port, per-connection timeouts, and graceful
+//! drain. Each request is handed to [`crate::pipeline::handle`] through one
+//! `service_fn`.
+//!
+//! Timeouts are watched per connection by [`ConnState`] rather than by
+//! hyper's `header_read_timeout`, because hyper's also starts while an idle
+//! keep-alive connection waits for its next request, which would make
+//! `idle_timeout` meaningless for HTTP/1.1:
+//! - `header_read_timeout`: from the first byte of a request head to the
+//!   request reaching the gateway (slowloris guard); the connection is closed.
+//! - `idle_timeout`: no request in flight and no bytes of a new one; the
+//!   connection is shut down gracefully (HTTP/2 gets GOAWAY).
+
+mod io;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use metrics::{Counter, Gauge};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{sleep_until, Instant};
+
+use crate::config::ServerConfig;
+use crate::telemetry::{CONNECTIONS_REJECTED_TOTAL, CONNECTIONS_TOTAL, OPEN_CONNECTIONS};
+use crate::{pipeline, Shared};
+
+/// What a request knows of its connection.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// `X-Forwarded-Proto` for requests on this listener.
+    pub proto: &'static str,
+    pub state: Arc<ConnState>,
+}
+
+/// Activity of one connection, shared by its reader and its requests.
+pub struct ConnState {
+    epoch: Instant,
+    /// Requests whose response is not finished.
+    active: AtomicU32,
+    /// When `active` last dropped to 0 (ms since `epoch`).
+    idle_since: AtomicU64,
+    /// When bytes of a new request head began to arrive while idle (ms since
+    /// `epoch`, +1 so that 0 means "none").
+    head_since: AtomicU64,
+}
+
+impl ConnState {
+    fn new() -> ConnState {
+        ConnState {
+            epoch: Instant::now(),
+            active: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch
+            .elapsed()
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Called on every read that returned bytes.
+    fn on_read(&self) {
+        if self.active.load(Ordering::Relaxed) == 0 && self.head_since.load(Ordering::Relaxed) == 0
+        {
+            self.head_since.store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks the connection busy until the returned guard drops.
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(0, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// What the watchdog should do now, or when to look again.
+    fn check(&self, header_timeout: u64, idle_timeout: u64) -> Watch {
+        let now = self.now_ms();
+        if self.active.load(Ordering::Relaxed) > 0 {
+            return Watch::Later(now + idle_timeout.min(header_timeout));
+        }
+        let head = self.head_since.load(Ordering::Relaxed);
+        if head != 0 {
+            let deadline = head - 1 + header_timeout;
+            return if now >= deadline {
+                Watch::HeaderTimeout
+            } else {
+                Watch::Later(deadline)
+            };
+        }
+        let deadline = self.idle_since.load(Ordering::Relaxed) + idle_timeout;
+        if now >= deadline {
+            Watch::Idle
+        } else {
+            Watch::Later(deadline)
+        }
+    }
+}
+
+enum Watch {
+    Later(u64),
+    HeaderTimeout,
+    Idle,
+}
+
+/// A request in flight on a connection.
+pub struct Busy(Arc<ConnState>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle_since.store(self.0.now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Settings every connection of a listener uses (from the start-up config).
+#[derive(Clone)]
+pub struct ConnSettings {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+impl ConnSettings {
+    pub fn from_config(s: &ServerConfig) -> ConnSettings {
+        ConnSettings {
+            header_read_timeout: s.header_read_timeout.0,
+            idle_timeout: s.idle_timeout.0,
+            max_header_bytes: usize::try_from(s.max_header_bytes.0).unwrap_or(usize::MAX),
+        }
+    }
+
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        // Hyper's own limit is a backstop at twice ours, so requests between
+        // the two get the contract's 431 document from the pipeline.
+        let hyper_limit = (self.max_header_bytes * 2).max(8192);
+        b.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(hyper_limit)
+            .max_headers((self.max_header_bytes / 16).clamp(100, 4096));
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(hyper_limit).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256);
+        b
+    }
+}
+
+/// Drain signalling shared by all listeners.
+#[derive(Clone)]
+pub struct Drain {
+    /// Flips to true when listeners must stop accepting and connections
+    /// shut down gracefully.
+    pub stop: watch::Receiver<bool>,
+    /// Every connection task holds a clone; when all are gone, drain is done.
+    pub tracker: mpsc::Sender<()>,
+}
+
+/// Per-listener connection metrics.
+struct ListenerMetrics {
+    accepted: Counter,
+    rejected: Counter,
+    open: Gauge,
+}
+
+/// Accepts connections on `listener` until drain starts.
+pub async fn serve(
+    listener: TcpListener,
+    name: String,
+    shared: Arc<Shared>,
+    settings: ConnSettings,
+    limit: Arc<Semaphore>,
+    drain: Drain,
+) {
+    let m = ListenerMetrics {
+        accepted: shared
+            .metrics
+            .counter(CONNECTIONS_TOTAL, &[("listener", &name)]),
+        rejected: shared
+            .metrics
+            .counter(CONNECTIONS_REJECTED_TOTAL, &[("listener", &name)]),
+        open: shared
+            .metrics
+            .gauge(OPEN_CONNECTIONS, &[("listener", &name)]),
+    };
+    let builder = Arc::new(settings.builder());
+    let mut stop = drain.stop.clone();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            // Over max_connections: close at once; existing connections go on.
+            m.rejected.increment(1);
+            drop(stream);
+            continue;
+        };
+        m.accepted.increment(1);
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            shared.clone(),
+            builder.clone(),
+            settings.clone(),
+            drain.clone(),
+            permit,
+            m.open.clone(),
+        ));
+    }
+    tracing::info!(listener = %name, "listener stopped accepting");
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    settings: ConnSettings,
+    drain: Drain,
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+) {
+    open.increment(1.0);
+    let state = Arc::new(ConnState::new());
+    let info = Arc::new(ConnInfo {
+        peer,
+        proto: "http",
+        state: state.clone(),
+    });
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(pipeline::handle(&shared, &info, req).await) }
+    });
+    let io = TokioIo::new(io::WatchedIo::new(stream, state.clone()));
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let mut stop = drain.stop.clone();
+    let header_ms = millis(settings.header_read_timeout);
+    let idle_ms = millis(settings.idle_timeout);
+    let mut next = state.epoch + Duration::from_millis(header_ms.min(idle_ms));
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            _ = stop.wait_for(|s| *s), if !shutting_down => {
+                conn.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+            _ = sleep_until(next), if !shutting_down => {
+                match state.check(header_ms, idle_ms) {
+                    Watch::Later(at) => next = state.epoch + Duration::from_millis(at),
+                    Watch::HeaderTimeout => {
+                        tracing::debug!(%peer, "request head not received within header_read_timeout; closing");
+                        break;
+                    }
+                    Watch::Idle => {
+                        conn.as_mut().graceful_shutdown();
+                        shutting_down = true;
+                    }
+                }
+            }
+        }
+    }
+    open.decrement(1.0);
+    drop(drain.tracker);
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}

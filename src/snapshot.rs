@@ -1,0 +1,156 @@
+//! A validated [`Config`](crate::config::Config) compiled into the immutable
+//! [`Snapshot`] every request reads: the route table, each route's weighted
+//! targets, and the limits, with `Arc`s into the long-lived
+//! [`State`]. One `ArcSwap<Snapshot>` holds it; a request loads it once and
+//! keeps it to its end.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, HeaderValue, Method};
+
+use crate::config::{ConfigError, ConfigErrors, Loaded, ServerConfig};
+use crate::limits::SizeLimits;
+use crate::routing::split::Split;
+use crate::routing::{Conditions, PathMatch, Router};
+use crate::state::State;
+use crate::telemetry::RouteMetrics;
+use crate::upstream::Upstream;
+
+/// A route ready to serve.
+pub struct Route {
+    pub name: Arc<str>,
+    pub split: Split<Arc<Upstream>>,
+    /// Overrides the upstream's `request_timeout`.
+    pub timeout: Option<Duration>,
+    pub strip_prefix: Option<String>,
+    pub metrics: Arc<RouteMetrics>,
+}
+
+/// Everything a request needs from the config, compiled.
+pub struct Snapshot {
+    pub generation: u64,
+    /// Hex SHA-256 of the config file.
+    pub hash: String,
+    pub file: String,
+    pub loaded_at: SystemTime,
+    pub router: Router<Route>,
+    /// Metric handles for requests no route matched.
+    pub unrouted: Arc<RouteMetrics>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub limits: SizeLimits,
+    pub access_log: bool,
+    pub server: ServerConfig,
+}
+
+impl Snapshot {
+    /// Compiles a validated config. Fails only on what validation cannot
+    /// know; such errors still carry the config path.
+    pub fn compile(
+        loaded: &Loaded,
+        state: &State,
+        generation: u64,
+    ) -> Result<Snapshot, ConfigErrors> {
+        let config = &loaded.config;
+        let mut errors = Vec::new();
+        let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
+        let mut upstream_list = Vec::new();
+        for (i, u) in config.upstreams.iter().enumerate() {
+            let mut endpoints = Vec::new();
+            for (j, addr) in u.endpoints.iter().enumerate() {
+                match state.endpoint(&u.name, addr) {
+                    Ok(e) => endpoints.push(e),
+                    Err(e) => errors.push(ConfigError {
+                        file: loaded.file.clone(),
+                        pos: Default::default(),
+                        path: format!("upstreams[{i}].endpoints[{j}]"),
+                        message: format!("`{addr}` is not a valid endpoint: {e}"),
+                    }),
+                }
+            }
+            let upstream = Arc::new(Upstream {
+                name: Arc::from(u.name.as_str()),
+                endpoints,
+                balance: u.balance,
+                request_timeout: u.request_timeout.0,
+                pool: state.pool(&u.name, u.connect_timeout.0),
+            });
+            upstreams.insert(&u.name, upstream.clone());
+            upstream_list.push(upstream);
+        }
+
+        let mut router = Router::new();
+        for r in &config.routes {
+            let targets: Vec<(u32, Arc<Upstream>)> = match (&r.upstream, &r.split) {
+                (Some(name), _) => upstreams
+                    .get(name.as_str())
+                    .map(|u| (1, u.clone()))
+                    .into_iter()
+                    .collect(),
+                (None, Some(split)) => split
+                    .iter()
+                    .filter_map(|s| {
+                        upstreams
+                            .get(s.upstream.as_str())
+                            .map(|u| (s.weight, u.clone()))
+                    })
+                    .collect(),
+                (None, None) => Vec::new(),
+            };
+            let m = &r.matcher;
+            let path = match (&m.path, &m.path_prefix) {
+                (Some(p), _) => PathMatch::Exact(p.clone()),
+                (None, Some(p)) => PathMatch::Prefix(p.clone()),
+                (None, None) => PathMatch::Prefix("/".into()),
+            };
+            let conditions = Conditions {
+                host: m.host.as_ref().map(|h| match h.strip_prefix('*') {
+                    Some(suffix) => (suffix.to_ascii_lowercase(), true),
+                    None => (h.to_ascii_lowercase(), false),
+                }),
+                methods: m.methods.as_ref().map(|ms| {
+                    ms.iter()
+                        .filter_map(|x| Method::from_bytes(x.to_ascii_uppercase().as_bytes()).ok())
+                        .collect()
+                }),
+                headers: m
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((
+                            HeaderName::from_bytes(k.as_bytes()).ok()?,
+                            HeaderValue::from_str(&v.0).ok()?,
+                        ))
+                    })
+                    .collect(),
+            };
+            let route = Route {
+                name: Arc::from(r.name.as_str()),
+                split: Split::new(targets),
+                timeout: r.timeout.map(|t| t.0),
+                strip_prefix: r.strip_prefix.clone(),
+                metrics: state.route_metrics(&r.name),
+            };
+            router.add(path, conditions, Arc::new(route));
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Snapshot {
+            generation,
+            hash: loaded.hash.clone(),
+            file: loaded.file.clone(),
+            loaded_at: SystemTime::now(),
+            router,
+            unrouted: state.route_metrics(""),
+            upstreams: upstream_list,
+            limits: SizeLimits {
+                max_header_bytes: config.server.max_header_bytes.0,
+                max_body_bytes: config.server.max_body_bytes.0,
+            },
+            access_log: config.server.access_log,
+            server: config.server.clone(),
+        })
+    }
+}

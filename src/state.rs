@@ -1,0 +1,79 @@
+//! Long-lived objects keyed by name, shared by every snapshot that names
+//! them: upstream pools (connections, balancer cursor, outcome counters),
+//! endpoints (in-flight counts) and per-route metric handles. A compiled
+//! snapshot holds `Arc`s into this registry, so a config reload that keeps a
+//! name keeps its object.
+//!
+//! Only snapshot compilation touches the locks here; requests never do.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::telemetry::{Metrics, RouteMetrics, UpstreamMetrics};
+use crate::upstream::{Endpoint, Pool};
+
+pub struct State {
+    pub metrics: Arc<Metrics>,
+    pools: Mutex<HashMap<String, Arc<Pool>>>,
+    endpoints: Mutex<HashMap<(String, String), Arc<Endpoint>>>,
+    routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain maps that are
+    // still consistent, so poisoning is ignored.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl State {
+    pub fn new(metrics: Arc<Metrics>) -> State {
+        State {
+            metrics,
+            pools: Mutex::default(),
+            endpoints: Mutex::default(),
+            routes: Mutex::default(),
+        }
+    }
+
+    /// The pool of upstream `name`; a new one when the connect timeout (a
+    /// property of its connector) changed.
+    pub fn pool(&self, name: &str, connect_timeout: Duration) -> Arc<Pool> {
+        let mut pools = lock(&self.pools);
+        if let Some(p) = pools.get(name) {
+            if p.connect_timeout == connect_timeout {
+                return p.clone();
+            }
+        }
+        let pool = Arc::new(Pool::new(
+            connect_timeout,
+            UpstreamMetrics::new(&self.metrics, name),
+        ));
+        pools.insert(name.to_string(), pool.clone());
+        pool
+    }
+
+    /// Endpoint `addr` of upstream `upstream`.
+    pub fn endpoint(
+        &self,
+        upstream: &str,
+        addr: &str,
+    ) -> Result<Arc<Endpoint>, http::uri::InvalidUri> {
+        let mut endpoints = lock(&self.endpoints);
+        let key = (upstream.to_string(), addr.to_string());
+        if let Some(e) = endpoints.get(&key) {
+            return Ok(e.clone());
+        }
+        let e = Arc::new(Endpoint::new(addr)?);
+        endpoints.insert(key, e.clone());
+        Ok(e)
+    }
+
+    /// Metric handles for route `name` ("" for unrouted requests).
+    pub fn route_metrics(&self, name: &str) -> Arc<RouteMetrics> {
+        lock(&self.routes)
+            .entry(name.to_string())
+            .or_insert_with(|| RouteMetrics::new(&self.metrics, Arc::from(name)))
+            .clone()
+    }
+}

@@ -1,0 +1,254 @@
+//! Metrics (names, handles resolved once, the Prometheus exporter), the
+//! access log, and log set-up. Used by every pipeline step that counts
+//! something and by the respond step, which finishes each [`Exchange`].
+//!
+//! Each gateway owns its own recorder (no global), so tests can run several
+//! gateways in one process. Hot-path handles are resolved when a snapshot is
+//! compiled, or once per (route, status) on first use, never looked up by
+//! string per request.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::{HeaderValue, Method};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use tokio::time::Instant;
+
+use crate::error::CODES;
+
+pub const REQUESTS_TOTAL: &str = "portcullis_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "portcullis_request_duration_seconds";
+pub const IN_FLIGHT_REQUESTS: &str = "portcullis_in_flight_requests";
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "portcullis_upstream_requests_total";
+pub const REJECTIONS_TOTAL: &str = "portcullis_rejections_total";
+pub const CONNECTIONS_TOTAL: &str = "portcullis_connections_total";
+pub const CONNECTIONS_REJECTED_TOTAL: &str = "portcullis_connections_rejected_total";
+pub const OPEN_CONNECTIONS: &str = "portcullis_open_connections";
+pub const CONFIG_GENERATION: &str = "portcullis_config_generation";
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+static METADATA: Metadata<'static> = Metadata::new("portcullis", Level::INFO, None);
+
+/// One gateway's metrics registry.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    pub in_flight: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let builder = PrometheusBuilder::new();
+        // Buckets are valid constants; fall back to summaries rather than fail.
+        let builder = match PrometheusBuilder::new().set_buckets(DURATION_BUCKETS) {
+            Ok(b) => b,
+            Err(_) => builder,
+        };
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let in_flight = recorder.register_gauge(&Key::from_name(IN_FLIGHT_REQUESTS), &METADATA);
+        Arc::new(Metrics {
+            recorder,
+            handle,
+            in_flight,
+        })
+    }
+
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.recorder
+            .register_counter(&key(name, labels), &METADATA)
+    }
+
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        self.recorder.register_gauge(&key(name, labels), &METADATA)
+    }
+
+    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+        self.recorder
+            .register_histogram(&key(name, labels), &METADATA)
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets; run periodically so
+    /// samples do not pile up between scrapes.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.to_string()))
+        .collect();
+    Key::from_parts(name, labels)
+}
+
+/// Per-route metric handles. `route` is "" for requests no route matched.
+pub struct RouteMetrics {
+    pub route: Arc<str>,
+    metrics: Arc<Metrics>,
+    duration: Histogram,
+    /// `requests_total` by status, registered on first use: [class][code % 100].
+    statuses: [OnceLock<Box<[OnceLock<Counter>]>>; 5],
+    rejections: [OnceLock<Counter>; CODES.len()],
+}
+
+impl RouteMetrics {
+    pub fn new(metrics: &Arc<Metrics>, route: Arc<str>) -> Arc<RouteMetrics> {
+        let duration = metrics.histogram(REQUEST_DURATION_SECONDS, &[("route", &route)]);
+        Arc::new(RouteMetrics {
+            route,
+            metrics: metrics.clone(),
+            duration,
+            statuses: Default::default(),
+            rejections: Default::default(),
+        })
+    }
+
+    fn status_counter(&self, status: u16) -> Option<&Counter> {
+        if !(100..600).contains(&status) {
+            return None;
+        }
+        let class = self.statuses[usize::from(status / 100 - 1)]
+            .get_or_init(|| (0..100).map(|_| OnceLock::new()).collect());
+        Some(class[usize::from(status % 100)].get_or_init(|| {
+            self.metrics.counter(
+                REQUESTS_TOTAL,
+                &[("route", &self.route), ("status", &status.to_string())],
+            )
+        }))
+    }
+
+    /// Counts one refusal under its error code.
+    pub fn rejected(&self, code_index: usize) {
+        if let Some(slot) = self.rejections.get(code_index) {
+            slot.get_or_init(|| {
+                self.metrics.counter(
+                    REJECTIONS_TOTAL,
+                    &[("reason", CODES[code_index]), ("route", &self.route)],
+                )
+            })
+            .increment(1);
+        }
+    }
+}
+
+/// Per-upstream outcome counters for `portcullis_upstream_requests_total`.
+pub struct UpstreamMetrics {
+    pub ok: Counter,
+    pub error: Counter,
+    pub timeout: Counter,
+}
+
+impl UpstreamMetrics {
+    pub fn new(metrics: &Metrics, upstream: &str) -> UpstreamMetrics {
+        let c = |outcome| {
+            metrics.counter(
+                UPSTREAM_REQUESTS_TOTAL,
+                &[("upstream", upstream), ("outcome", outcome)],
+            )
+        };
+        UpstreamMetrics {
+            ok: c("ok"),
+            error: c("error"),
+            timeout: c("timeout"),
+        }
+    }
+}
+
+/// One request's bookkeeping from arrival to the last byte of its response.
+/// Dropping it records the status and duration metrics and writes the
+/// access log line, exactly once.
+pub struct Exchange {
+    pub start: Instant,
+    pub method: Method,
+    /// The request path, kept only when the access log is on.
+    pub path: String,
+    pub request_id: HeaderValue,
+    pub route: Arc<RouteMetrics>,
+    pub upstream: Option<Arc<str>>,
+    pub endpoint: Option<Arc<str>>,
+    pub status: u16,
+    pub error: Option<&'static str>,
+    pub bytes_out: u64,
+    /// The response body was sent to its end (false: the client went away or
+    /// the upstream broke off).
+    pub completed: bool,
+    pub access_log: bool,
+    pub in_flight: Gauge,
+    /// Held until the response is over: marks the connection busy.
+    pub _busy: Option<crate::server::Busy>,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        self.in_flight.decrement(1.0);
+        if let Some(c) = self.route.status_counter(self.status) {
+            c.increment(1);
+        }
+        self.route.duration.record(elapsed.as_secs_f64());
+        if self.access_log {
+            self.log(elapsed);
+        }
+    }
+}
+
+impl Exchange {
+    fn log(&self, elapsed: Duration) {
+        tracing::info!(
+            target: "access",
+            method = %self.method,
+            path = %self.path,
+            route = %self.route.route,
+            upstream = self.upstream.as_deref().unwrap_or(""),
+            endpoint = self.endpoint.as_deref().unwrap_or(""),
+            status = self.status,
+            duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            bytes_out = self.bytes_out,
+            request_id = self.request_id.to_str().unwrap_or(""),
+            error = self.error.unwrap_or(""),
+            completed = self.completed,
+        );
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Installs the process-wide log subscriber: stdout, written by a background
+/// thread so a slow terminal never blocks a worker. Keep the guard alive
+/// until exit so buffered lines are flushed.
+pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::EnvFilter;
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    let result = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("portcullis: logging already initialised: {e}");
+    }
+    guard
+}

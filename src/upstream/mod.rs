@@ -1,0 +1,193 @@
+//! Upstreams (pipeline step 5, `forward`): the pooled client per upstream,
+//! endpoint choice, and one proxied exchange with its timeouts and error
+//! mapping.
+//!
+//! An [`Upstream`] is the snapshot's view (policy: balance, timeouts); its
+//! [`Pool`] and [`Endpoint`]s come from [`crate::state::State`], keyed by name,
+//! so connections and counters outlive a config reload.
+
+pub mod balance;
+
+use std::error::Error as StdError;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::{BodyTooLarge, RequestBody};
+use crate::config::Balance;
+use crate::error::{Reject, UpstreamFailure};
+use crate::telemetry::UpstreamMetrics;
+
+/// Idle upstream connections are closed after this long: shorter than the
+/// usual backend keep-alive (60s+), so we rarely reuse a connection the
+/// backend is closing.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One upstream's connection pool (long-lived; see module docs).
+pub struct Pool {
+    client: Client<HttpConnector, RequestBody>,
+    pub connect_timeout: Duration,
+    /// Round-robin cursor.
+    cursor: AtomicUsize,
+    pub metrics: UpstreamMetrics,
+}
+
+impl Pool {
+    pub fn new(connect_timeout: Duration, metrics: UpstreamMetrics) -> Pool {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Pool {
+            client,
+            connect_timeout,
+            cursor: AtomicUsize::new(0),
+            metrics,
+        }
+    }
+}
+
+/// One backend address of an upstream (long-lived).
+pub struct Endpoint {
+    /// As written in the config: `127.0.0.1:9101`.
+    pub addr: Arc<str>,
+    authority: Authority,
+    /// Requests sent and not yet answered (response head), for `least_requests`.
+    in_flight: AtomicUsize,
+}
+
+impl Endpoint {
+    /// `addr` is validated as HOST:PORT by config validation.
+    pub fn new(addr: &str) -> Result<Endpoint, http::uri::InvalidUri> {
+        Ok(Endpoint {
+            addr: Arc::from(addr),
+            authority: Authority::try_from(addr)?,
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// An upstream as the snapshot sees it.
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub balance: Balance,
+    pub request_timeout: Duration,
+    pub pool: Arc<Pool>,
+}
+
+impl Upstream {
+    /// Chooses the endpoint for the next request.
+    pub fn pick(&self) -> &Arc<Endpoint> {
+        let cursor = self.pool.cursor.fetch_add(1, Ordering::Relaxed);
+        let i = match self.balance {
+            Balance::RoundRobin => cursor % self.endpoints.len(),
+            Balance::LeastRequests => {
+                balance::least_requests(&self.endpoints, cursor, |e| e.in_flight())
+            }
+        };
+        &self.endpoints[i]
+    }
+}
+
+/// Sends `req` (origin-form URI, hygiene already applied) to `endpoint` and
+/// waits up to `timeout` for the response head.
+pub async fn forward(
+    upstream: &Upstream,
+    endpoint: &Endpoint,
+    req: Request<RequestBody>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, Reject> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(endpoint.authority.clone());
+    uri.path_and_query = Some(path);
+    parts.uri = Uri::from_parts(uri).map_err(|_| Reject::BadRequest {
+        reason: "the request target cannot be forwarded",
+    })?;
+    // HTTP/2 clients' requests go upstream as HTTP/1.1.
+    parts.version = http::Version::HTTP_11;
+    let req = Request::from_parts(parts, body);
+
+    endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+    let result = tokio::time::timeout(timeout, upstream.pool.client.request(req)).await;
+    endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+
+    let metrics = &upstream.pool.metrics;
+    match result {
+        Ok(Ok(resp)) => {
+            metrics.ok.increment(1);
+            Ok(resp)
+        }
+        Ok(Err(e)) => {
+            if let Some(too_large) = find_cause::<BodyTooLarge>(&e) {
+                // The client's fault, not the upstream's.
+                return Err(Reject::PayloadTooLarge {
+                    limit: too_large.limit,
+                });
+            }
+            metrics.error.increment(1);
+            Err(Reject::BadGateway {
+                upstream: upstream.name.clone(),
+                cause: classify(&e),
+            })
+        }
+        Err(_elapsed) => {
+            metrics.timeout.increment(1);
+            Err(Reject::UpstreamTimeout {
+                upstream: upstream.name.clone(),
+                timeout_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
+            })
+        }
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
+    if e.is_connect() {
+        let timed_out = find_cause::<std::io::Error>(e)
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+        return if timed_out {
+            UpstreamFailure::ConnectTimeout
+        } else {
+            UpstreamFailure::Connect
+        };
+    }
+    match find_cause::<hyper::Error>(e) {
+        Some(h) if h.is_parse() || h.is_parse_status() => UpstreamFailure::Protocol,
+        _ => UpstreamFailure::Reset,
+    }
+}
+
+/// The first error of type `T` in `e`'s source chain.
+fn find_cause<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
+}

@@ -1,0 +1,248 @@
+//! The built binary: `check` output and exit codes, start-up failures, and
+//! the SIGTERM drain of a real process.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn write_config(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_accepts_the_repos_gateway_yaml() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml");
+    let out = Command::new(BIN).args(["check", path]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok: 1 listener(s), 3 upstream(s), 4 route(s)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_reports_every_error_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "bad.yaml",
+        "\
+listeners:
+  - name: http
+    bind: 127.0.0.1:8080
+    tls_typo: true
+server:
+  idle_timeout: 60 seconds
+  max_body_bytes: 10 megs
+upstreams:
+  - name: users
+    endpoints: ['127.0.0.1:${PORTCULLIS_TEST_UNSET}']
+  - name: users
+    endpoints: [127.0.0.1:9102]
+routes:
+  - name: r
+    match: { path_prefix: /api }
+    upstream: user
+  - name: s
+    match: { path: /s }
+    split:
+      - { upstream: users, weight: 0 }
+",
+    );
+    let out = Command::new(BIN)
+        .args(["check", path.to_str().unwrap()])
+        .env_remove("PORTCULLIS_TEST_UNSET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    for expected in [
+        format!("{file}:4:5: unknown key `tls_typo`"),
+        format!("{file}:6:17: invalid duration `60 seconds`"),
+        format!("{file}:7:19: invalid size `10 megs`"),
+        format!("{file}:10:17: environment variable `PORTCULLIS_TEST_UNSET` is not set"),
+        format!("{file}:11:11: duplicate name `users`"),
+        format!("{file}:16:15: unknown upstream `user`, did you mean `users`?"),
+        format!("{file}:20:7: split weights sum to 0"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn check_reports_yaml_syntax_and_missing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "syntax.yaml", "listeners:\n  - name: [http\n");
+    let out = Command::new(BIN)
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:3:1: YAML syntax", path.display())),
+        "{stderr}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["check", "/nonexistent/gw.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("/nonexistent/gw.yaml:1:1: cannot read config file"));
+}
+
+#[test]
+fn run_fails_cleanly_when_a_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "gw.yaml",
+        &format!(
+            "listeners: [{{ name: http, bind: '{}' }}]\nadmin: {{ bind: '127.0.0.1:0' }}\n",
+            taken.local_addr().unwrap()
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot listen on") && stderr.contains("listener `http`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A running binary and the addresses it logged.
+struct Running {
+    child: Child,
+    http: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn spawn_binary(config: &std::path::Path) -> Running {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut http, mut admin) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http.is_none() || admin.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not log its addresses"
+        );
+        let line = lines.next().expect("gateway exited early").unwrap();
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        match v["message"].as_str() {
+            Some("listening") => http = v["addr"].as_str().and_then(|a| a.parse().ok()),
+            Some("admin port listening") => {
+                admin = v["admin"].as_str().and_then(|a| a.parse().ok())
+            }
+            _ => {}
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Running {
+        child,
+        http: http.unwrap(),
+        admin: admin.unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_exits_zero() {
+    let up = spawn_upstream("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = simple_config(
+        &[up.addr],
+        "  drain_delay: 500ms\n  drain_timeout: 5s\n",
+        "",
+    );
+    let path = write_config(&dir, "gw.yaml", &yaml);
+    let mut gw = spawn_binary(&path);
+    assert_eq!(get(gw.http, "/before").await.status, 200);
+
+    // An HTTP/1.1 request that is still in flight when SIGTERM arrives.
+    let mut slow = TcpStream::connect(gw.http).await.unwrap();
+    slow.write_all(b"GET /delay/1200 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let sent_at = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Readiness turns 503 at once; traffic is still served during drain_delay.
+    assert_eq!(get(gw.admin, "/health/ready").await.status, 503);
+    assert_eq!(get(gw.http, "/during-delay").await.status, 200);
+
+    // The in-flight request completes, with Connection: close.
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+
+    // Then the process exits 0, well within drain_timeout.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let code = loop {
+        if let Some(s) = gw.child.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(Instant::now() < deadline, "gateway did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, Some(0));
+    assert!(
+        sent_at.elapsed() >= Duration::from_millis(500),
+        "exited before drain_delay"
+    );
+}
