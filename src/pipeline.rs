@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{self, RequestBody, ResponseBody};
-use crate::error::Reject;
+use crate::error::{Reject, UpstreamFailure};
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::Exchange;
@@ -142,7 +142,13 @@ fn admit_and_route(
 
     // 3. choose backend
     let upstream = route.split.pick().ok_or(Reject::NoRoute)?.clone();
-    let endpoint = upstream.pick().clone();
+    let endpoint = upstream
+        .pick()
+        .ok_or_else(|| Reject::BadGateway {
+            upstream: upstream.name.clone(),
+            cause: UpstreamFailure::Connect,
+        })?
+        .clone();
     Ok(Chosen {
         route,
         upstream,

@@ -144,6 +144,8 @@ struct Running {
     child: Child,
     http: SocketAddr,
     admin: SocketAddr,
+    /// Stdout lines after start-up.
+    logs: std::sync::mpsc::Receiver<String>,
 }
 
 impl Drop for Running {
@@ -182,11 +184,17 @@ fn spawn_binary(config: &std::path::Path) -> Running {
         }
     }
     // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let (tx, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
     Running {
         child,
         http: http.unwrap(),
         admin: admin.unwrap(),
+        logs,
     }
 }
 
@@ -245,4 +253,47 @@ async fn sigterm_drains_then_exits_zero() {
         sent_at.elapsed() >= Duration::from_millis(500),
         "exited before drain_delay"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_is_one_json_line_per_request() {
+    let up = spawn_upstream("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = simple_config(&[up.addr], "", "")
+        .replace("access_log: false", "access_log: true")
+        .replace("path_prefix: /", "path_prefix: /logged");
+    let path = write_config(&dir, "gw.yaml", &yaml);
+    let gw = spawn_binary(&path);
+    let a = get(gw.http, "/logged?q=1").await;
+    assert_eq!(a.status, 200);
+    let id = a.headers["x-request-id"].to_str().unwrap().to_string();
+    let next_access_line = || loop {
+        let line = gw
+            .logs
+            .recv_timeout(Duration::from_secs(5))
+            .expect("an access log line");
+        if line.contains("\"target\":\"access\"") {
+            break serde_json::from_str::<serde_json::Value>(&line).unwrap();
+        }
+    };
+    let v = next_access_line();
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/logged");
+    assert_eq!(v["route"], "all");
+    assert_eq!(v["upstream"], "up");
+    assert_eq!(v["endpoint"], up.addr.to_string());
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["bytes_out"], "a /logged".len());
+    assert_eq!(v["request_id"], id);
+    assert_eq!(v["completed"], true);
+    assert!(v["duration_ms"].as_f64().unwrap() >= 0.0);
+
+    assert_eq!(v["error"], "");
+
+    // A refusal carries its error code.
+    assert_eq!(get(gw.http, "/elsewhere").await.status, 404);
+    let v = next_access_line();
+    assert_eq!(v["status"], 404);
+    assert_eq!(v["route"], "");
+    assert_eq!(v["error"], "no_route");
 }

@@ -726,3 +726,53 @@ async fn graceful_drain_in_process() {
     assert!(text.contains("connection: close"), "{text}");
     assert_eq!(drained.await.unwrap(), portcullis::Drained::Clean);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_drain_sends_goaway_to_http2_clients() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let up = spawn_upstream("a").await;
+    let gw = start_gateway(&simple_config(
+        &[up.addr],
+        "  drain_delay: 0s\n  drain_timeout: 5s\n",
+        "",
+    ))
+    .await;
+    let addr = gw.addr("http").unwrap();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn_done = tokio::spawn(conn);
+    let slow = sender.send_request(
+        Request::get(format!("http://{addr}/delay/600"))
+            .body(empty())
+            .unwrap(),
+    );
+    let slow = tokio::spawn(slow);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let drained = tokio::spawn(gw.shutdown());
+    // The stream in flight completes...
+    let resp = slow
+        .await
+        .unwrap()
+        .expect("in-flight HTTP/2 request completes");
+    assert_eq!(resp.status(), 200);
+    // ...and the server ends the connection (GOAWAY), so the client's
+    // connection task finishes and new streams are refused.
+    tokio::time::timeout(Duration::from_secs(3), conn_done)
+        .await
+        .expect("connection closed")
+        .unwrap()
+        .unwrap();
+    let again = sender
+        .send_request(
+            Request::get(format!("http://{addr}/"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(again.is_err(), "a new stream was accepted after GOAWAY");
+    assert_eq!(drained.await.unwrap(), portcullis::Drained::Clean);
+}

@@ -3,9 +3,9 @@
 
 /// Index of the endpoint with the fewest requests in flight. The scan starts
 /// at `cursor` so that ties rotate instead of all landing on the first
-/// endpoint.
+/// endpoint. `endpoints` must not be empty.
 pub fn least_requests<E>(endpoints: &[E], cursor: usize, load: impl Fn(&E) -> usize) -> usize {
-    let n = endpoints.len();
+    let n = endpoints.len().max(1);
     let mut best = cursor % n;
     let mut best_load = load(&endpoints[best]);
     for step in 1..n {

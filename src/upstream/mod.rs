@@ -93,8 +93,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Chooses the endpoint for the next request.
-    pub fn pick(&self) -> &Arc<Endpoint> {
+    /// Chooses the endpoint for the next request (`None` only for an
+    /// upstream without endpoints, which validation does not let through).
+    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
         let cursor = self.pool.cursor.fetch_add(1, Ordering::Relaxed);
         let i = match self.balance {
             Balance::RoundRobin => cursor % self.endpoints.len(),
@@ -102,7 +106,7 @@ impl Upstream {
                 balance::least_requests(&self.endpoints, cursor, |e| e.in_flight())
             }
         };
-        &self.endpoints[i]
+        self.endpoints.get(i)
     }
 }
 
