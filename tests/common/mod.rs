@@ -277,3 +277,16 @@ pub fn rss_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Reads an HTTP/1.1 response to the end of the connection and checks it is
+/// a 200 that announced `Connection: close` (what a drain must produce).
+pub async fn expect_final_response(stream: &mut TcpStream, wait: Duration) {
+    let mut out = Vec::new();
+    tokio::time::timeout(wait, stream.read_to_end(&mut out))
+        .await
+        .expect("response within the wait")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+}
