@@ -30,6 +30,9 @@
 #   PORTCULLIS_BIN=path  binary to test (implies --no-build)
 #   KEEP_TMP=1     keep the generated configs and logs
 
+# The whole script is one block, so bash parses it all before running it and
+# an edit to this file during a run cannot break that run.
+{
 set -euo pipefail
 
 die() { echo "load.sh: $*" >&2; exit 1; }
@@ -128,10 +131,12 @@ fi
 # ---------------------------------------------------------------- cleanup
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-load.XXXXXX")
 PIDS=()
+# shellcheck disable=SC2317  # called through the trap
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     local pid
+    [[ -n ${WRK_PID:-} ]] && { kill -TERM "$WRK_PID" 2>/dev/null || true; }
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for _ in 1 2 3 4 5 6 7 8 9 10; do
         local alive=0
@@ -357,7 +362,8 @@ else
     start upstream "$LOAD_CORE" "$TMP/upstream/out.log" "$BIN" backend --bind "127.0.0.1:$UP_PORT" --name up --workers 1
     UP_DESC="portcullis backend --workers 1 (JSON echo of the request)"
 fi
-wait_ready upstream "$UP_PORT" "$STARTED_PID" "$TMP/upstream/out.log"
+UP_PID=$STARTED_PID
+wait_ready upstream "$UP_PORT" "$UP_PID" "$TMP/upstream/out.log"
 
 declare -A PID PORT LABEL
 LABEL[portcullis]=Portcullis; LABEL[nginx]=NGINX; LABEL[haproxy]=HAProxy
@@ -379,12 +385,12 @@ done
 
 # ---------------------------------------------------------------- header
 ver_nginx=$(command -v nginx >/dev/null && nginx -v 2>&1 | sed 's|^nginx version: nginx/||' || echo "-")
-ver_haproxy=$(command -v haproxy >/dev/null && haproxy -v 2>/dev/null | head -1 | awk '{print $3}' || echo "-")
+ver_haproxy=$(command -v haproxy >/dev/null && haproxy -v 2>/dev/null | awk 'NR == 1 {print $3}' || echo "-")
 ver_pc=$("$BIN" --version 2>/dev/null || echo portcullis)
 cpu_model=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
 echo "# Portcullis load test, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "machine: $NCPU cores, ${cpu_model:-unknown CPU}, Linux $(uname -r)"
-echo "versions: $ver_pc, nginx $ver_nginx, haproxy $ver_haproxy, $(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')"
+echo "versions: $ver_pc, nginx $ver_nginx, haproxy $ver_haproxy, $(wrk -v 2>&1 | awk 'NR == 1 {print "wrk", $2}' || true)"
 echo "setup: proxies on core $PROXY_CORE (1 worker each); wrk -t1 -c$CONNS and upstream on core $LOAD_CORE"
 echo "upstream: $UP_DESC"
 # How busy the machine is with other work (all proxies idle now), over 1 s.
@@ -392,7 +398,11 @@ read -r ab at < <(awk '/^cpu /{ t = 0; for (i = 2; i <= NF; i++) t += $i; print 
 sleep 1
 read -r bb bt < <(awk '/^cpu /{ t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat)
 BUSY=$(( (bb - ab) * 100 / (bt - at > 0 ? bt - at : 1) ))
-echo "background load before the runs: ${BUSY}% of all cores busy$( (( BUSY > 10 )) && echo " (WARNING: other work is running; expect noisy numbers)" || true)"
+if (( BUSY > 10 )); then
+    echo "background load before the runs: ${BUSY}% of all cores busy (WARNING: other work is running; expect noisy numbers)"
+else
+    echo "background load before the runs: ${BUSY}% of all cores busy"
+fi
 echo "runs: $ROUNDS interleaved round(s) x ${#selected[@]} prox(ies), $DURATION each after a $WARMUP warm-up; figures are medians"
 echo
 
@@ -403,22 +413,49 @@ WRK_BOUND=$(( $(secs "$DURATION") + 30 ))
 WARM_BOUND=$(( $(secs "$WARMUP") + 30 ))
 URL_PATH=/api/bench
 
+# wrk on the load core, bounded in time; run in the background and waited
+# for, so that a signal stops the script at once instead of after the run.
+WRK_PID=""
+run_wrk() {  # run_wrk BOUND_SECONDS OUTFILE WRK_ARGS...
+    local bound=$1 out=$2; shift 2
+    timeout "$bound" taskset -c "$LOAD_CORE" wrk "$@" >"$out" 2>&1 &
+    WRK_PID=$!
+    local rc=0
+    wait "$WRK_PID" || rc=$?
+    WRK_PID=""
+    return "$rc"
+}
+
+# CPU time of this shell's finished children (user + sys), in ms: wrk's
+# time reaches it through `timeout` when the run ends. `times` must run in
+# this shell (not a subshell), so it goes through a file and a variable.
+children_ms() {  # children_ms VAR
+    times >"$TMP/times"
+    printf -v "$1" '%s' "$(awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); t += a[1] * 60000 + a[2] * 1000 } printf "%d", t }' "$TMP/times")"
+}
+
 run_one() {  # run_one proxy round
     local p=$1 r=$2 pid=${PID[$1]} port=${PORT[$1]} out=$TMP/wrk-$1-$2.txt
     kill -0 "$pid" 2>/dev/null || { note "${LABEL[$p]} died before round $r; its log:"; tail -20 "$TMP/$p/out.log" >&2; exit 1; }
     if [[ $(secs "$WARMUP") -gt 0 ]]; then
-        timeout "$WARM_BOUND" taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$port$URL_PATH" >/dev/null 2>&1 \
+        run_wrk "$WARM_BOUND" /dev/null -t1 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$port$URL_PATH" \
             || note "warm-up of ${LABEL[$p]} failed"
     fi
+    local u0 s0 u1 s1 uu0 us0 uu1 us1 b0 t0 b0b t0b b1 t1 b1b t1b w0 w1
     read -r u0 s0 < <(cpu_ticks "$pid")
+    read -r uu0 us0 < <(cpu_ticks "$UP_PID")
     read -r b0 t0 < <(core_ticks "$PROXY_CORE")
     read -r b1 t1 < <(core_ticks "$LOAD_CORE")
-    timeout "$WRK_BOUND" taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$port$URL_PATH" >"$out" 2>&1 \
+    children_ms w0
+    run_wrk "$WRK_BOUND" "$out" -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$port$URL_PATH" \
         || { note "wrk against ${LABEL[$p]} failed or timed out:"; cat "$out" >&2; exit 1; }
+    children_ms w1
     read -r u1 s1 < <(cpu_ticks "$pid")
+    read -r uu1 us1 < <(cpu_ticks "$UP_PID")
     read -r b0b t0b < <(core_ticks "$PROXY_CORE")
     read -r b1b t1b < <(core_ticks "$LOAD_CORE")
     kill -0 "$pid" 2>/dev/null || { note "${LABEL[$p]} died during round $r; its log:"; tail -20 "$TMP/$p/out.log" >&2; exit 1; }
+    kill -0 "$UP_PID" 2>/dev/null || { note "the upstream died during round $r; its log:"; tail -20 "$TMP/upstream/out.log" >&2; exit 1; }
     local rss reqs rps p50 p99 sockerr non2xx
     rss=$(rss_kib "$pid")
     reqs=$(awk '/requests in/{print $1; exit}' "$out")
@@ -428,21 +465,25 @@ run_one() {  # run_one proxy round
     sockerr=$(awk '/Socket errors:/{gsub(",", ""); print $4 + $6 + $8 + $10; exit}' "$out")
     non2xx=$(awk '/Non-2xx or 3xx responses:/{print $NF; exit}' "$out")
     [[ -n $reqs && $reqs -gt 0 ]] || { note "wrk against ${LABEL[$p]} completed no request:"; cat "$out" >&2; exit 1; }
-    awk -v p="$p" -v r="$r" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v n="$reqs" \
-        -v du=$((u1 - u0)) -v ds=$((s1 - s0)) -v hz="$CLK_TCK" -v rss="$rss" \
-        -v se="${sockerr:-0}" -v bad="${non2xx:-0}" \
-        -v c0=$(( (b0b - b0) * 1000 / (t0b - t0 > 0 ? t0b - t0 : 1) )) \
-        -v c1=$(( (b1b - b1) * 1000 / (t1b - t1 > 0 ? t1b - t1 : 1) )) \
-        -v o0=$(( (b0b - b0 - (u1 - u0) - (s1 - s0)) * 1000 / (t0b - t0 > 0 ? t0b - t0 : 1) )) 'BEGIN {
-            us = 1e6 / hz / n
-            printf "%s\t%s\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.1f\t%d\t%d\t%.1f\t%.1f\t%.1f\n",
-                p, r, rps, p50, p99, du * us, ds * us, (du + ds) * us, rss / 1024, se, bad, c0 / 10, c1 / 10, (o0 > 0 ? o0 : 0) / 10
+    # Columns: proxy round rps p50 p99 user sys total rss sockerr non2xx
+    #   core0% core1% others-on-core0% wrk-us/req upstream-us/req others-on-core1%
+    awk -v p="$p" -v r="$r" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v n="$reqs" -v hz="$CLK_TCK" \
+        -v du=$((u1 - u0)) -v ds=$((s1 - s0)) -v dup=$((uu1 - uu0 + us1 - us0)) -v dw=$((w1 - w0)) \
+        -v rss="$rss" -v se="${sockerr:-0}" -v bad="${non2xx:-0}" \
+        -v db0=$((b0b - b0)) -v dt0=$((t0b - t0)) -v db1=$((b1b - b1)) -v dt1=$((t1b - t1)) 'BEGIN {
+            us = 1e6 / hz / n                      # µs per request per clock tick
+            if (dt0 <= 0) dt0 = 1; if (dt1 <= 0) dt1 = 1
+            other0 = db0 - du - ds; if (other0 < 0) other0 = 0
+            other1 = db1 - dup - dw * hz / 1000; if (other1 < 0) other1 = 0
+            printf "%s\t%s\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.1f\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\n",
+                p, r, rps, p50, p99, du * us, ds * us, (du + ds) * us, rss / 1024, se, bad,
+                100 * db0 / dt0, 100 * db1 / dt1, 100 * other0 / dt0, dw * 1000 / n, dup * us, 100 * other1 / dt1
         }' >>"$RESULTS"
     tail -1 "$RESULTS" | awk -F'\t' -v l="${LABEL[$p]}" '{
-        printf "round %s  %-10s %8s req/s  p50 %7.2f ms  p99 %7.2f ms  cpu %6.2f us/req (user %.2f, sys %.2f)  rss %6.1f MiB  core%s %5.1f%% (others %4.1f%%)  core%s %5.1f%%%s\n",
-            $2, l, $3, $4, $5, $8, $6, $7, $9, pc, $12, $14, lc, $13,
+        printf "round %s  %-10s %6s req/s  p50 %6.2f ms  p99 %6.2f ms  proxy %6.2f µs/req (user %.2f, sys %.2f)  rss %5.1f MiB  | wrk %.2f, upstream %.2f µs/req | others on cores: %.0f%%, %.0f%%%s\n",
+            $2, l, $3, $4, $5, $8, $6, $7, $9, $15, $16, $14, $17,
             ($10 + $11 > 0 ? sprintf("  ERRORS: %d socket, %d non-2xx", $10, $11) : "")
-    }' pc="$PROXY_CORE" lc="$LOAD_CORE"
+    }'
 }
 
 for r in $(seq 1 "$ROUNDS"); do
@@ -458,7 +499,7 @@ col() { awk -F'\t' -v p="$1" -v c="$2" '$1 == p {print $c}' "$RESULTS" | median;
 
 declare -A M
 for p in "${selected[@]}"; do
-    for c in 3 4 5 6 7 8 9 12 13 14; do M[$p,$c]=$(col "$p" "$c"); done
+    for c in 3 4 5 6 7 8 9 12 13 14 15 16 17; do M[$p,$c]=$(col "$p" "$c"); done
     M[$p,err]=$(awk -F'\t' -v p="$p" '$1 == p {s += $10 + $11} END {print s + 0}' "$RESULTS")
 done
 
@@ -471,15 +512,16 @@ for p in "${selected[@]}"; do
         "${M[$p,3]}" "${M[$p,4]}" "${M[$p,5]}" "${M[$p,6]}" "${M[$p,7]}" "${M[$p,8]}" "${M[$p,9]}"
 done
 echo
-echo "Where the time went (median busy %). 100% on the proxy core means the proxy is the limit,"
-echo "on the load core that wrk + upstream are; time on the proxy core that is not the proxy's"
-echo "is other work on the machine (interrupts, kernel threads, a concurrent build) and makes the"
-echo "run noisier:"
+echo "Where the time went (medians). The proxy is the limit when its core is ~100% busy with it;"
+echo "wrk + upstream are when theirs is: 1e6 / (wrk + upstream µs/req) is the most req/s the load"
+echo "core can drive. \"others\" is CPU time on a core that belongs to none of the processes under"
+echo "test (a concurrent build, kernel threads): above a few % the run is noisy."
 echo
-echo "| proxy | core $PROXY_CORE busy % | of which not the proxy % | core $LOAD_CORE (wrk + upstream) busy % | errors (socket + non-2xx, all runs) |"
-echo "| --- | ---: | ---: | ---: | ---: |"
+echo "| proxy | core $PROXY_CORE busy % | others on core $PROXY_CORE % | core $LOAD_CORE busy % | others on core $LOAD_CORE % | wrk µs/req | upstream µs/req | errors (socket + non-2xx, all runs) |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for p in "${selected[@]}"; do
-    printf "| %s | %.1f | %.1f | %.1f | %d |\n" "${LABEL[$p]}" "${M[$p,12]}" "${M[$p,14]}" "${M[$p,13]}" "${M[$p,err]}"
+    printf "| %s | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f | %d |\n" "${LABEL[$p]}" \
+        "${M[$p,12]}" "${M[$p,14]}" "${M[$p,13]}" "${M[$p,17]}" "${M[$p,15]}" "${M[$p,16]}" "${M[$p,err]}"
 done
 
 if [[ " ${selected[*]} " == *" portcullis "* ]]; then
@@ -510,3 +552,5 @@ if (( total_err > 0 )); then
     echo "WARNING: some runs had socket errors or non-2xx responses (see the per-round lines above)."
     exit 2
 fi
+exit 0
+}
