@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# End-to-end load test: Portcullis against NGINX and HAProxy on one machine.
+# End-to-end load test: Portcullis against NGINX and HAProxy on one machine,
+# and against the hyper baseline (benches/baseline_proxy.rs: a minimal hyper
+# proxy from the same crates, the limit of our stack).
 #
 # Each proxy runs with one worker pinned to one core (PROXY_CORE, default 0);
 # `wrk -t1 -c64` and the upstream share the other core (LOAD_CORE, default 1),
-# the same for every proxy. Runs are interleaved (P N H P N H ...) and each
+# the same for every proxy. Runs are interleaved (B P N H B P N H ...) and each
 # figure is the median over the rounds. The headline figure is the proxy's CPU
 # time per request (user and kernel, from /proc/PID/stat), because on 2 cores
 # req/s may be capped by wrk + upstream rather than by the proxy.
@@ -13,14 +15,15 @@
 #   benches/load.sh              3 rounds of 10 s per proxy (after a 2 s warm-up each)
 #   benches/load.sh --quick      1 round of 3 s (smoke test)
 #   benches/load.sh --install    apt-get install wrk, nginx-light and haproxy first
-#   benches/load.sh --no-build   use target/release/portcullis as it is
+#   benches/load.sh --no-build   use target/release/portcullis and the newest
+#                                target/release/deps/baseline_proxy-* as they are
 #
 # Environment (all optional):
 #   DURATION=10s   measured time per run (wrk -d syntax: 5s, 1m)
 #   WARMUP=2s      unmeasured wrk run before each measured run
 #   ROUNDS=3       interleaved rounds
 #   CONNS=64       wrk connections
-#   PROXIES="portcullis nginx haproxy"   which proxies, in round order
+#   PROXIES="baseline portcullis nginx haproxy"   which proxies, in round order
 #   UPSTREAM=nginx|backend   the upstream: NGINX `return 200` with a fixed
 #                  285-byte JSON body (default when nginx is installed), or
 #                  `portcullis backend` (JSON echo; its body grows with the
@@ -28,6 +31,7 @@
 #   PROXY_CORE=0 LOAD_CORE=1   the cores
 #   BASE_PORT=18600  first port tried; ports in use are skipped
 #   PORTCULLIS_BIN=path  binary to test (implies --no-build)
+#   BASELINE_BIN=path    baseline_proxy executable to use (not built then)
 #   KEEP_TMP=1     keep the generated configs and logs
 
 # The whole script is one block, so bash parses it all before running it and
@@ -56,7 +60,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-64}
-PROXIES=${PROXIES:-portcullis nginx haproxy}
+PROXIES=${PROXIES:-baseline portcullis nginx haproxy}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 BASE_PORT=${BASE_PORT:-18600}
@@ -97,12 +101,12 @@ CLK_TCK=$(getconf CLK_TCK)
 selected=()
 for p in $PROXIES; do
     case "$p" in
-        portcullis) selected+=("$p") ;;
+        portcullis|baseline) selected+=("$p") ;;
         nginx) if command -v nginx >/dev/null; then selected+=("$p")
                else note "skipping NGINX: nginx not installed (apt-get install nginx-light, or --install)"; fi ;;
         haproxy) if command -v haproxy >/dev/null; then selected+=("$p")
                  else note "skipping HAProxy: haproxy not installed (apt-get install haproxy, or --install)"; fi ;;
-        *) die "unknown proxy '$p' in PROXIES (portcullis, nginx, haproxy)" ;;
+        *) die "unknown proxy '$p' in PROXIES (baseline, portcullis, nginx, haproxy)" ;;
     esac
 done
 (( ${#selected[@]} > 0 )) || die "no proxy to test"
@@ -127,6 +131,36 @@ else
     fi
 fi
 [[ -x $SRC_BIN ]] || die "no binary at $SRC_BIN (build it, or set PORTCULLIS_BIN)"
+
+# The hyper baseline is a bench target: `cargo bench --no-run` builds it into
+# target/release/deps/baseline_proxy-HASH. Built after Portcullis so that
+# target/release/portcullis is left as `cargo build --release` made it.
+BL_SRC=""
+if [[ " ${selected[*]} " == *" baseline "* ]]; then
+    if [[ -n ${BASELINE_BIN:-} ]]; then
+        BL_SRC=$BASELINE_BIN
+        [[ -x $BL_SRC ]] || die "BASELINE_BIN=$BL_SRC is not an executable"
+    elif [[ $BUILD == 1 ]]; then
+        note "cargo bench --no-run --bench baseline_proxy"
+        bl_json=$(cd "$REPO" && cargo bench --no-run --quiet --bench baseline_proxy --message-format=json-render-diagnostics) \
+            || die "cargo bench --no-run --bench baseline_proxy failed"
+        BL_SRC=$(grep '"reason":"compiler-artifact"' <<<"$bl_json" \
+            | sed -n 's|.*"executable":"\([^"]*/baseline_proxy-[0-9a-f]*\)".*|\1|p' | tail -1 || true)
+        [[ -n $BL_SRC && -x $BL_SRC ]] || die "cargo bench --no-run did not report a baseline_proxy executable"
+    else
+        for f in "$REPO"/target/release/deps/baseline_proxy-*; do
+            [[ -f $f && -x $f && ${f##*/} != *.* ]] || continue  # not the .d files
+            [[ -z $BL_SRC || $f -nt $BL_SRC ]] && BL_SRC=$f
+        done
+    fi
+    if [[ -z $BL_SRC ]]; then
+        note "skipping the hyper baseline: no target/release/deps/baseline_proxy-* (build it with cargo bench --no-run --bench baseline_proxy, or drop --no-build)"
+        keep=()
+        for p in "${selected[@]}"; do [[ $p == baseline ]] || keep+=("$p"); done
+        selected=("${keep[@]}")
+        (( ${#selected[@]} > 0 )) || die "no proxy to test"
+    fi
+fi
 
 # ---------------------------------------------------------------- cleanup
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-load.XXXXXX")
@@ -157,6 +191,8 @@ trap 'exit 143' TERM
 mkdir -p "$TMP/bin"
 BIN=$TMP/bin/portcullis
 cp "$SRC_BIN" "$BIN"
+BL_BIN=$TMP/bin/baseline_proxy
+[[ -n $BL_SRC ]] && cp "$BL_SRC" "$BL_BIN"
 
 # ---------------------------------------------------------------- ports
 NEXT_PORT=$BASE_PORT
@@ -176,6 +212,7 @@ take_port PC_PORT
 take_port PC_ADMIN
 take_port NG_PORT
 take_port HA_PORT
+take_port BL_PORT
 
 # ---------------------------------------------------------------- helpers
 # First line of the HTTP status of GET path, or empty (pure bash, no curl).
@@ -258,7 +295,7 @@ NGINX_HTTP_COMMON="
   keepalive_timeout 120s;
 "
 
-mkdir -p "$TMP/upstream" "$TMP/nginx" "$TMP/haproxy" "$TMP/portcullis"
+mkdir -p "$TMP/upstream" "$TMP/nginx" "$TMP/haproxy" "$TMP/portcullis" "$TMP/baseline"
 
 if [[ $UPSTREAM == nginx ]]; then
     cat >"$TMP/upstream/nginx.conf" <<EOF
@@ -366,9 +403,13 @@ UP_PID=$STARTED_PID
 wait_ready upstream "$UP_PORT" "$UP_PID" "$TMP/upstream/out.log"
 
 declare -A PID PORT LABEL
-LABEL[portcullis]=Portcullis; LABEL[nginx]=NGINX; LABEL[haproxy]=HAProxy
+LABEL[portcullis]=Portcullis; LABEL[nginx]=NGINX; LABEL[haproxy]=HAProxy; LABEL[baseline]="hyper baseline"
 for p in "${selected[@]}"; do
     case "$p" in
+        baseline)
+            # One upstream, HTTP/1.1, one current-thread runtime: no config.
+            start "$p" "$PROXY_CORE" "$TMP/baseline/out.log" "$BL_BIN" "127.0.0.1:$BL_PORT" "127.0.0.1:$UP_PORT"
+            PORT[$p]=$BL_PORT ;;
         portcullis)
             start "$p" "$PROXY_CORE" "$TMP/portcullis/out.log" "$BIN" run --config "$TMP/portcullis/gateway.yaml"
             PORT[$p]=$PC_PORT ;;
@@ -387,10 +428,16 @@ done
 ver_nginx=$(command -v nginx >/dev/null && nginx -v 2>&1 | sed 's|^nginx version: nginx/||' || echo "-")
 ver_haproxy=$(command -v haproxy >/dev/null && haproxy -v 2>/dev/null | awk 'NR == 1 {print $3}' || echo "-")
 ver_pc=$("$BIN" --version 2>/dev/null || echo portcullis)
+# The baseline is built from the locked crates: report the hyper it uses.
+ver_hyper=""
+if [[ " ${selected[*]} " == *" baseline "* ]]; then
+    ver_hyper=$(awk '$1 == "name" && $3 == "\"hyper\"" { getline; gsub(/"/, "", $3); print $3; exit }' "$REPO/Cargo.lock" 2>/dev/null || true)
+    ver_hyper=", hyper baseline (hyper ${ver_hyper:-?})"
+fi
 cpu_model=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
 echo "# Portcullis load test, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "machine: $NCPU cores, ${cpu_model:-unknown CPU}, Linux $(uname -r)"
-echo "versions: $ver_pc, nginx $ver_nginx, haproxy $ver_haproxy, $(wrk -v 2>&1 | awk 'NR == 1 {print "wrk", $2}' || true)"
+echo "versions: $ver_pc$ver_hyper, nginx $ver_nginx, haproxy $ver_haproxy, $(wrk -v 2>&1 | awk 'NR == 1 {print "wrk", $2}' || true)"
 echo "setup: proxies on core $PROXY_CORE (1 worker each); wrk -t1 -c$CONNS and upstream on core $LOAD_CORE"
 echo "upstream: $UP_DESC"
 # How busy the machine is with other work (all proxies idle now), over 1 s.
@@ -480,7 +527,7 @@ run_one() {  # run_one proxy round
                 100 * db0 / dt0, 100 * db1 / dt1, 100 * other0 / dt0, dw * 1000 / n, dup * us, 100 * other1 / dt1
         }' >>"$RESULTS"
     tail -1 "$RESULTS" | awk -F'\t' -v l="${LABEL[$p]}" '{
-        printf "round %s  %-10s %6s req/s  p50 %6.2f ms  p99 %6.2f ms  proxy %6.2f µs/req (user %.2f, sys %.2f)  rss %5.1f MiB  | wrk %.2f, upstream %.2f µs/req | others on cores: %.0f%%, %.0f%%%s\n",
+        printf "round %s  %-14s %6s req/s  p50 %6.2f ms  p99 %6.2f ms  proxy %6.2f µs/req (user %.2f, sys %.2f)  rss %5.1f MiB  | wrk %.2f, upstream %.2f µs/req | others on cores: %.0f%%, %.0f%%%s\n",
             $2, l, $3, $4, $5, $8, $6, $7, $9, $15, $16, $14, $17,
             ($10 + $11 > 0 ? sprintf("  ERRORS: %d socket, %d non-2xx", $10, $11) : "")
     }'
@@ -530,17 +577,24 @@ if [[ " ${selected[*]} " == *" portcullis "* ]]; then
     if (( peers )); then
         echo
         echo "Portcullis / peer (req/s: above 1 is better; CPU µs/req: below 1 is better):"
+        if [[ " ${selected[*]} " == *" baseline "* ]]; then
+            echo "the hyper baseline row is the feature cost: each CPU cell is the ratio, then"
+            echo "Portcullis minus the baseline in µs/req (what Portcullis adds to the bare stack)."
+        fi
         echo
         echo "| peer | req/s ratio | total CPU µs/req ratio | user µs/req ratio | sys µs/req ratio |"
         echo "| --- | ---: | ---: | ---: | ---: |"
         for p in "${selected[@]}"; do
             [[ $p == portcullis ]] && continue
-            awk -v l="${LABEL[$p]}" \
+            awk -v l="${LABEL[$p]}" -v cost="$([[ $p == baseline ]] && echo 1 || echo 0)" \
                 -v a="${M[portcullis,3]}" -v b="${M[$p,3]}" \
                 -v ct="${M[portcullis,8]}" -v pt="${M[$p,8]}" \
                 -v cu="${M[portcullis,6]}" -v pu="${M[$p,6]}" \
                 -v cs="${M[portcullis,7]}" -v ps="${M[$p,7]}" 'function r(x, y) { return y > 0 ? sprintf("%.2f", x / y) : "-" }
-                BEGIN { printf "| %s | %s | %s | %s | %s |\n", l, r(a, b), r(ct, pt), r(cu, pu), r(cs, ps) }'
+                # Feature cost (baseline row): the ratio, then Portcullis minus the baseline.
+                function c(x, y) { return cost ? sprintf("%s (%+.2f µs)", r(x, y), x - y) : r(x, y) }
+                BEGIN { if (cost) l = l " (feature cost)"
+                        printf "| %s | %s | %s | %s | %s |\n", l, r(a, b), c(ct, pt), c(cu, pu), c(cs, ps) }'
         done
     fi
 fi

@@ -9,6 +9,11 @@ use portcullis::config::{self, Loaded, Workers};
 use portcullis::telemetry::{init_logging, LogFormat};
 use portcullis::{demo, Drained, Gateway, RunningGateway};
 
+// A proxy allocates small, short-lived buffers and header maps per request;
+// mimalloc serves those with less CPU than glibc malloc (see docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",
@@ -95,11 +100,20 @@ fn run(path: &Path, log_format: LogFormat, demo: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    let workers = match loaded.config.server.workers {
+        Workers::Count(n) => n,
+        Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    // One worker: a single-threaded event loop, like NGINX's worker or
+    // HAProxy with nbthread 1, without work-stealing bookkeeping.
+    let mut rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
     rt.enable_all();
-    if let Workers::Count(n) = loaded.config.server.workers {
-        rt.worker_threads(n);
-    }
     let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -32,11 +32,14 @@ use crate::{limits, proxy, routing, upstream, Shared};
 pub async fn handle(
     shared: &Shared,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let snap = shared.snapshot.load_full();
     shared.metrics.in_flight.increment(1.0);
     let request_id = proxy::request_id(req.headers());
+    // The upstream sees the same id the client and the access log see.
+    req.headers_mut()
+        .insert(proxy::X_REQUEST_ID.clone(), request_id.clone());
     let mut exchange = Exchange {
         start: Instant::now(),
         method: req.method().clone(),

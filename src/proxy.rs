@@ -27,8 +27,17 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 static UPGRADE: HeaderName = http::header::UPGRADE;
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == UPGRADE || HOP_BY_HOP.contains(name)
+}
+
 /// Removes hop-by-hop headers, including every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names (standard names
+    // compare as enums) is cheaper than hashing nine absent names.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)

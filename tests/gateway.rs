@@ -338,6 +338,11 @@ async fn request_id_and_traceparent() {
     let id = a.headers["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(id.len(), 32);
     let seen = up.seen.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        seen["x-request-id"],
+        id.as_str(),
+        "a generated id is forwarded too"
+    );
     let created = seen["traceparent"].to_str().unwrap();
     assert!(
         portcullis::proxy::valid_traceparent(created.as_bytes()),
