@@ -15,7 +15,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
 /// plus the legacy ones proxies traditionally drop.
-static HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -24,17 +24,17 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     http::header::TE,
     http::header::TRAILER,
     http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
 ];
-static UPGRADE: HeaderName = http::header::UPGRADE;
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == UPGRADE || HOP_BY_HOP.contains(name)
+    HOP_BY_HOP.contains(name)
 }
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names (standard names
-    // compare as enums) is cheaper than hashing nine absent names.
+    // compare as enums) is cheaper than hashing each absent name.
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
@@ -53,7 +53,6 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove(&UPGRADE);
 }
 
 /// Prepares a client request's headers for the upstream.

@@ -5,7 +5,7 @@
 /// at `cursor` so that ties rotate instead of all landing on the first
 /// endpoint. `endpoints` must not be empty.
 pub fn least_requests<E>(endpoints: &[E], cursor: usize, load: impl Fn(&E) -> usize) -> usize {
-    let n = endpoints.len().max(1);
+    let n = endpoints.len();
     let mut best = cursor % n;
     let mut best_load = load(&endpoints[best]);
     for step in 1..n {
