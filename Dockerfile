@@ -1,9 +1,13 @@
 # Portcullis: multi-stage build.
 #   docker build -t portcullis .
-#   docker run --rm -p 8080:8080 -p 9901:9901 \
-#     -v "$PWD/prod.yaml:/etc/portcullis/gateway.yaml:ro" portcullis
-# The bundled gateway.yaml is the demo config and binds 127.0.0.1, which is not
-# reachable from outside the container: mount a config that binds 0.0.0.0.
+#   docker run --rm -p 8080:8080 -p 8443:8443 -p 9901:9901 \
+#     -v "$PWD/prod.yaml:/etc/portcullis/gateway.yaml:ro" \
+#     -v "$PWD/tls:/etc/portcullis/tls:ro" portcullis
+# The bundled gateway.yaml is the demo config: it binds 127.0.0.1, which is not
+# reachable from outside the container, and names dev certificates the image does
+# not contain. Mount a config that binds 0.0.0.0, and your certificates (paths in
+# the config are relative to its directory). Certificate files may be replaced
+# in the mounted directory while running: they are reloaded.
 
 FROM rust:1-bookworm AS build
 WORKDIR /src

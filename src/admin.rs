@@ -91,6 +91,33 @@ fn status(shared: &Shared) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let listeners: Vec<_> = shared
+        .tls_listeners
+        .iter()
+        .map(|l| {
+            let st = l.status();
+            serde_json::json!({
+                "name": &*l.listener,
+                "tls": {
+                    "min_version": st.min_version,
+                    "client_auth": st.client_auth,
+                    "certificates": st.certificates.iter().map(|(path, info)| serde_json::json!({
+                        "file": path.display().to_string(),
+                        "subject": info.subject,
+                        "dns_names": info.dns_names,
+                        "ip_addresses": info.ip_addrs,
+                        "not_after": crate::tls::files::format_unix_date(info.not_after_unix),
+                        "not_after_unix": info.not_after_unix,
+                    })).collect::<Vec<_>>(),
+                    "last_reload": st.last_reload.map(|r| serde_json::json!({
+                        "result": if r.ok { "ok" } else { "error" },
+                        "error": r.error,
+                        "at_unix": r.at_unix,
+                    })),
+                },
+            })
+        })
+        .collect();
     let doc = serde_json::json!({
         "generation": snap.generation,
         "config_file": snap.file,
@@ -101,6 +128,7 @@ fn status(shared: &Shared) -> String {
         "draining": shared.is_draining(),
         "routes": snap.router.len(),
         "upstreams": upstreams,
+        "tls_listeners": listeners,
     });
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
     text.push('\n');

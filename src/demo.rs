@@ -17,6 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use rustls::pki_types::pem::PemObject;
+
 use crate::config::Config;
 
 /// Binds a demo backend called `name` on `addr` and serves it in the
@@ -80,6 +82,71 @@ async fn backend_answer(name: &str, req: Request<Incoming>) -> Response<Full<Byt
     resp
 }
 
+/// The dev certificate files `portcullis demo` keeps in `certs/`.
+pub const DEV_CERT_FILES: [&str; 6] = [
+    "ca.crt",
+    "ca.key",
+    "localhost.crt",
+    "localhost.key",
+    "client.crt",
+    "client.key",
+];
+
+/// Creates a dev CA, a `localhost`/`127.0.0.1`/`::1` server certificate and
+/// a client certificate (`CN=demo-client`) in `dir` unless they are all
+/// there and the server certificate is still valid for a week. Returns
+/// whether it wrote them.
+pub fn ensure_dev_certs(dir: &std::path::Path) -> std::io::Result<bool> {
+    use crate::tls::{devcert::DevCa, files};
+    let present = DEV_CERT_FILES.iter().all(|f| dir.join(f).is_file());
+    let fresh = std::fs::read(dir.join("localhost.crt"))
+        .ok()
+        .and_then(|pem| {
+            rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+                .next()
+                .and_then(Result::ok)
+        })
+        .and_then(|der| files::CertInfo::parse(&der))
+        .is_some_and(|info| info.not_after_unix > files::unix_now() + 7 * 86_400);
+    if present && fresh {
+        return Ok(false);
+    }
+    let err = |e: rcgen::Error| std::io::Error::other(e.to_string());
+    let ca = DevCa::new("Portcullis dev CA").map_err(err)?;
+    let server = ca
+        .server_cert(
+            &["localhost", "127.0.0.1", "::1"],
+            365,
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+        )
+        .map_err(err)?;
+    let client = ca.client_cert("demo-client", 365).map_err(err)?;
+    std::fs::create_dir_all(dir)?;
+    for (name, text, secret) in [
+        ("ca.crt", &ca.pem.cert, false),
+        ("ca.key", &ca.pem.key, true),
+        ("localhost.crt", &server.cert, false),
+        ("localhost.key", &server.key, true),
+        ("client.crt", &client.cert, false),
+        ("client.key", &client.key, true),
+    ] {
+        write_file(&dir.join(name), text.as_bytes(), secret)?;
+    }
+    Ok(true)
+}
+
+/// Writes `bytes` to `path`; `secret` files are readable by their owner only.
+fn write_file(path: &std::path::Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    if secret {
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(bytes)
+}
+
 /// Starts a backend for every loopback endpoint in `config`, named
 /// `<upstream>-<n>`. Returns what it started.
 pub async fn spawn_backends(config: &Config) -> Result<Vec<(String, SocketAddr)>, String> {
@@ -105,10 +172,18 @@ pub async fn spawn_backends(config: &Config) -> Result<Vec<(String, SocketAddr)>
 /// The commands printed when the demo is up: one `curl` per route, the
 /// admin endpoints, and a `wrk` run.
 pub fn commands(config: &Config, listeners: &[(String, SocketAddr)], admin: SocketAddr) -> String {
-    let Some((_, gw)) = listeners.first() else {
+    let is_tls = |name: &str| {
+        config
+            .listeners
+            .iter()
+            .any(|l| l.name == name && l.tls.is_some())
+    };
+    let plain = listeners.iter().find(|(n, _)| !is_tls(n));
+    let Some((_, gw)) = plain.or(listeners.first()) else {
         return String::new();
     };
-    let base = format!("http://{}", loopback(*gw));
+    let scheme = if plain.is_some() { "http" } else { "https" };
+    let base = format!("{scheme}://{}", loopback(*gw));
     let mut out = String::new();
     out.push_str("\nPortcullis demo is up. Try:\n\n");
     let mut wrk_path = None;
@@ -144,6 +219,29 @@ pub fn commands(config: &Config, listeners: &[(String, SocketAddr)], admin: Sock
         if wrk_path.is_none() && args.is_empty() && method == "GET" {
             wrk_path = Some(path);
         }
+    }
+    for l in config.listeners.iter().filter(|l| l.tls.is_some()) {
+        let Some((_, addr)) = listeners.iter().find(|(n, _)| *n == l.name) else {
+            continue;
+        };
+        let url = format!(
+            "https://localhost:{}{}",
+            addr.port(),
+            wrk_path.as_deref().unwrap_or("/")
+        );
+        out.push_str(&format!(
+            "  # HTTPS on listener `{}` (trust the dev CA; HTTP/2 by ALPN)\n  \
+             curl -si --cacert certs/ca.crt --http2 {url}\n",
+            l.name
+        ));
+        if l.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+            out.push_str(&format!(
+                "  # mTLS: the backend sees x-client-cert-subject: CN=demo-client\n  \
+                 curl -s --cacert certs/ca.crt --cert certs/client.crt \
+                 --key certs/client.key {url}\n"
+            ));
+        }
+        out.push('\n');
     }
     let admin = format!("http://{}", loopback(admin));
     out.push_str(&format!(

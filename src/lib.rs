@@ -23,6 +23,7 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -46,6 +47,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub state: State,
     pub metrics: Arc<Metrics>,
+    /// HTTPS listeners' live TLS (for `/status`).
+    pub tls_listeners: Vec<Arc<tls::listener::ListenerTls>>,
     ready: AtomicBool,
     draining: AtomicBool,
 }
@@ -67,6 +70,8 @@ impl Shared {
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] ConfigErrors),
+    #[error("listener `{listener}`: {message}")]
+    Tls { listener: String, message: String },
     #[error("cannot listen on {addr} for {what}: {source}")]
     Bind {
         what: String,
@@ -85,6 +90,9 @@ impl Gateway {
         let state = State::new(metrics.clone());
         let snapshot = Snapshot::compile(&loaded, &state, 1)?;
         let config = &loaded.config;
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
 
         // Bind everything before serving anything: a port in use fails the
         // whole start with a clear message.
@@ -99,7 +107,29 @@ impl Gateway {
                 }])
             })?;
             let listener = bind(addr, format!("listener `{}`", l.name)).await?;
-            bound.push((l.name.clone(), listener));
+            let tls = match (&l.tls, loaded.tls.listeners.get(&l.name)) {
+                (Some(settings), Some(material)) => Some(
+                    tls::listener::ListenerTls::new(
+                        &l.name,
+                        settings,
+                        loaded.base_dir.clone(),
+                        material,
+                        &metrics,
+                    )
+                    .map_err(|message| StartError::Tls {
+                        listener: l.name.clone(),
+                        message,
+                    })?,
+                ),
+                (Some(_), None) => {
+                    return Err(StartError::Tls {
+                        listener: l.name.clone(),
+                        message: "its certificates were not loaded".into(),
+                    })
+                }
+                (None, _) => None,
+            };
+            bound.push((l.name.clone(), listener, tls));
         }
         let admin_addr = config::validate::parse_bind(&config.admin.bind).map_err(|msg| {
             ConfigErrors(vec![config::ConfigError {
@@ -111,10 +141,12 @@ impl Gateway {
         })?;
         let admin_listener = bind(admin_addr, "the admin port".into()).await?;
 
+        let tls_listeners: Vec<_> = bound.iter().filter_map(|(_, _, t)| t.clone()).collect();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             state,
             metrics: metrics.clone(),
+            tls_listeners: tls_listeners.clone(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         });
@@ -129,17 +161,18 @@ impl Gateway {
         let limit = Arc::new(Semaphore::new(config.server.max_connections));
         let mut tasks = Vec::new();
         let mut listeners = Vec::new();
-        for (name, listener) in bound {
+        for (name, listener, tls) in bound {
             let addr = listener.local_addr().map_err(|source| StartError::Bind {
                 what: format!("listener `{name}`"),
                 addr: admin_addr,
                 source,
             })?;
-            tracing::info!(listener = %name, %addr, "listening");
+            tracing::info!(listener = %name, %addr, tls = tls.is_some(), "listening");
             listeners.push((name.clone(), addr));
             tasks.push(tokio::spawn(server::serve(
                 listener,
                 name,
+                tls,
                 shared.clone(),
                 settings.clone(),
                 limit.clone(),
@@ -149,6 +182,7 @@ impl Gateway {
         let admin = admin_listener.local_addr().unwrap_or(admin_addr);
         tracing::info!(%admin, "admin port listening");
         tasks.push(tokio::spawn(admin::serve(admin_listener, shared.clone())));
+        tasks.push(tokio::spawn(tls::listener::watch(tls_listeners)));
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {

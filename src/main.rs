@@ -73,6 +73,9 @@ fn main() -> ExitCode {
 fn check(path: &Path) -> ExitCode {
     match config::load_file(path) {
         Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("{w}");
+            }
             let c = &loaded.config;
             println!(
                 "{}: ok: {} listener(s), {} upstream(s), {} route(s); sha256 {}",
@@ -93,6 +96,22 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn run(path: &Path, log_format: LogFormat, demo: bool) -> ExitCode {
+    if demo {
+        // Before loading: the demo config names the dev certificates.
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let certs = dir.unwrap_or(Path::new(".")).join("certs");
+        match demo::ensure_dev_certs(&certs) {
+            Ok(true) => println!("created a dev CA and certificates in {}", certs.display()),
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!(
+                    "portcullis demo: cannot create dev certificates in {}: {e}",
+                    certs.display()
+                );
+                return ExitCode::from(1);
+            }
+        }
+    }
     let loaded = match config::load_file(path) {
         Ok(l) => l,
         Err(errors) => {

@@ -2,7 +2,7 @@
 //!
 //! | # | step | module | can answer |
 //! |---|------|--------|------------|
-//! | 1 | admit: request id, traceparent, head size | `proxy`, `limits` | 431 `headers_too_large` |
+//! | 1 | admit: request id, traceparent, head size, mTLS subject | `proxy`, `limits` | 431 `headers_too_large` |
 //! | 2 | route: host, path, method, headers; declared body size | `routing`, `limits` | 404 `no_route`, 400 `bad_request`, 413 `payload_too_large` |
 //! | 3 | choose backend: weighted split, balancer | `routing::split`, `upstream` | |
 //! | 4 | rewrite: `strip_prefix`, header hygiene, `X-Forwarded-*` | `proxy` | |
@@ -93,7 +93,7 @@ async fn run(
         route,
         upstream,
         endpoint,
-    } = match admit_and_route(snap, &mut req, exchange) {
+    } = match admit_and_route(snap, conn, &mut req, exchange) {
         Ok(x) => x,
         Err(reject) => {
             body::linger(req.into_body());
@@ -126,12 +126,15 @@ struct Chosen {
 /// Steps 1–3: limits and trace context, route, backend.
 fn admit_and_route(
     snap: &Snapshot,
+    conn: &ConnInfo,
     req: &mut Request<Incoming>,
     exchange: &mut Exchange,
 ) -> Result<Chosen, Reject> {
     // 1. admit
     limits::check_head(req, &snap.limits)?;
     proxy::ensure_traceparent(req.headers_mut());
+    // Before routing, so routes can match on the verified subject.
+    proxy::set_client_cert_subject(req.headers_mut(), conn.client_cert_subject.as_ref());
 
     // 2. route
     let host = routing::request_host(req.uri(), req.headers());

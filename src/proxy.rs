@@ -12,6 +12,8 @@ pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The verified mTLS client certificate's subject; only the gateway sets it.
+pub static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
 /// plus the legacy ones proxies traditionally drop.
@@ -52,6 +54,20 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+}
+
+/// Replaces any client-sent `x-client-cert-subject` with the subject of the
+/// certificate this connection verified (or with nothing), so routes and
+/// upstreams can trust it.
+pub fn set_client_cert_subject(headers: &mut HeaderMap, subject: Option<&HeaderValue>) {
+    match subject {
+        Some(s) => {
+            headers.insert(X_CLIENT_CERT_SUBJECT.clone(), s.clone());
+        }
+        None => {
+            headers.remove(&X_CLIENT_CERT_SUBJECT);
+        }
     }
 }
 

@@ -74,7 +74,11 @@ impl Snapshot {
                 endpoints,
                 balance: u.balance,
                 request_timeout: u.request_timeout.0,
-                pool: state.pool(&u.name, u.connect_timeout.0),
+                pool: state.pool(
+                    &u.name,
+                    u.connect_timeout.0,
+                    loaded.tls.upstreams.get(&u.name).map(|t| &**t),
+                ),
             });
             upstreams.insert(&u.name, upstream.clone());
             upstream_list.push(upstream);

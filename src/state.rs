@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::telemetry::{Metrics, RouteMetrics, UpstreamMetrics};
+use crate::tls::UpstreamTls;
 use crate::upstream::{Endpoint, Pool};
 
 pub struct State {
@@ -36,17 +37,25 @@ impl State {
         }
     }
 
-    /// The pool of upstream `name`; a new one when the connect timeout (a
-    /// property of its connector) changed.
-    pub fn pool(&self, name: &str, connect_timeout: Duration) -> Arc<Pool> {
+    /// The pool of upstream `name`; a new one when its connector's settings
+    /// (connect timeout, TLS) changed.
+    pub fn pool(
+        &self,
+        name: &str,
+        connect_timeout: Duration,
+        tls: Option<&UpstreamTls>,
+    ) -> Arc<Pool> {
         let mut pools = lock(&self.pools);
         if let Some(p) = pools.get(name) {
-            if p.connect_timeout == connect_timeout {
+            if p.connect_timeout == connect_timeout
+                && p.tls_identity.as_deref() == tls.map(|t| t.identity.as_str())
+            {
                 return p.clone();
             }
         }
         let pool = Arc::new(Pool::new(
             connect_timeout,
+            tls,
             UpstreamMetrics::new(&self.metrics, name),
         ));
         pools.insert(name.to_string(), pool.clone());

@@ -26,6 +26,11 @@ pub const CONNECTIONS_TOTAL: &str = "portcullis_connections_total";
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "portcullis_connections_rejected_total";
 pub const OPEN_CONNECTIONS: &str = "portcullis_open_connections";
 pub const CONFIG_GENERATION: &str = "portcullis_config_generation";
+pub const TLS_HANDSHAKES_TOTAL: &str = "portcullis_tls_handshakes_total";
+pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "portcullis_tls_handshake_errors_total";
+pub const TLS_CERTIFICATE_RELOADS_TOTAL: &str = "portcullis_tls_certificate_reloads_total";
+pub const TLS_CERTIFICATE_NOT_AFTER: &str =
+    "portcullis_tls_certificate_not_after_timestamp_seconds";
 
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

@@ -20,10 +20,37 @@ fn write_config(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::P
     path
 }
 
+/// The repo's gateway.yaml names the dev certificates `portcullis demo`
+/// creates; on a fresh clone they do not exist yet.
 #[test]
-fn check_accepts_the_repos_gateway_yaml() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml");
-    let out = Command::new(BIN).args(["check", path]).output().unwrap();
+fn check_accepts_the_repos_gateway_yaml_once_the_demo_made_its_certs() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo_yaml = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml");
+    let path = dir.path().join("gateway.yaml");
+    std::fs::copy(repo_yaml, &path).unwrap();
+
+    // Fresh clone: the missing certificate is reported with its line and a hint.
+    let out = Command::new(BIN)
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot read certificate")
+            && stderr.contains("`portcullis demo` creates dev certificates"),
+        "{stderr}"
+    );
+
+    assert!(portcullis::demo::ensure_dev_certs(&dir.path().join("certs")).unwrap());
+    assert!(
+        !portcullis::demo::ensure_dev_certs(&dir.path().join("certs")).unwrap(),
+        "kept when present"
+    );
+    let out = Command::new(BIN)
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -31,8 +58,121 @@ fn check_accepts_the_repos_gateway_yaml() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("ok: 1 listener(s), 3 upstream(s), 4 route(s)"),
+        stdout.contains("ok: 2 listener(s), 3 upstream(s), 4 route(s)"),
         "{stdout}"
+    );
+}
+
+#[test]
+fn check_reports_tls_file_problems_with_their_lines() {
+    let pki = Pki::new();
+    let good = pki.server("good", &["localhost"]);
+    let other = pki.server("other", &["localhost"]);
+    let expired = pki.write_pair(
+        "expired",
+        &pki.ca.sign_with_validity(&["localhost"], -30, -1).unwrap(),
+    );
+    std::fs::write(pki.path("garbage.key"), "not a key\n").unwrap();
+    let yaml = format!(
+        "\
+listeners:
+  - name: missing
+    bind: 127.0.0.1:8443
+    tls:
+      certificates:
+        - cert: nope.crt
+          key: {good_key}
+  - name: mismatch
+    bind: 127.0.0.1:8444
+    tls:
+      certificates:
+        - cert: {good_cert}
+          key: {other_key}
+  - name: garbage
+    bind: 127.0.0.1:8445
+    tls:
+      certificates:
+        - cert: {good_cert}
+          key: garbage.key
+      client_ca: no-such-ca.crt
+upstreams:
+  - name: u
+    endpoints: [127.0.0.1:9000]
+    tls: {{ ca: missing-ca.crt }}
+",
+        good_cert = good.0,
+        good_key = good.1,
+        other_key = other.1,
+    );
+    let path = pki.dir.path().join("tls.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    for expected in [
+        format!("{file}:6:17: cannot read certificate"),
+        format!(
+            "{file}:13:16: the private key in `{}` does not match the certificate",
+            other.1
+        ),
+        format!(
+            "{file}:19:16: `{}` holds no PEM private key",
+            pki.path("garbage.key")
+        ),
+        format!("{file}:20:18: cannot read CA bundle"),
+        format!("{file}:24:16: cannot read CA bundle"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // client_auth without client_ca is an error; an expired certificate a
+    // warning that does not fail the check.
+    let yaml = format!(
+        "\
+listeners:
+  - name: https
+    bind: 127.0.0.1:8443
+    tls:
+      certificates:
+        - {{ cert: {}, key: {} }}
+      client_auth: required
+",
+        good.0, good.1
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{file}:7:7: `client_auth` needs `client_ca`")),
+        "{stderr}"
+    );
+
+    let yaml = format!(
+        "listeners:\n  - name: https\n    bind: 127.0.0.1:8443\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\n",
+        expired.0, expired.1
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}:6:19: warning: certificate expired on")),
+        "{stderr}"
     );
 }
 

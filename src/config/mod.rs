@@ -39,6 +39,83 @@ pub struct Config {
 pub struct ListenerConfig {
     pub name: String,
     pub bind: String,
+    /// HTTPS on this listener; plain HTTP (and h2c) when absent.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// Chosen per handshake by SNI against each certificate's SANs; the
+    /// first one serves clients without SNI or with an unknown name.
+    pub certificates: Vec<CertKeyConfig>,
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// CA bundle (PEM) client certificates must chain to (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<String>,
+    /// `required` when `client_ca` is set and this is not (added to the contract).
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+    /// A TLS handshake that takes longer is dropped (added to the contract).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Dur,
+}
+
+fn default_handshake_timeout() -> Dur {
+    Dur::secs(10)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertKeyConfig {
+    /// PEM: the leaf certificate first, then its intermediates.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC), unencrypted.
+    pub key: String,
+}
+
+/// `min_version: "1.2"` or `"1.3"` (a YAML number is taken as its text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    V1_2,
+    V1_3,
+}
+
+impl<'de> Deserialize<'de> for TlsVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match values::string_or_number(d)?.as_str() {
+            "1.2" => Ok(TlsVersion::V1_2),
+            "1.3" => Ok(TlsVersion::V1_3),
+            other => Err(serde::de::Error::custom(format!(
+                "min_version must be \"1.2\" or \"1.3\", not `{other}`"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// Ask for a certificate; serve clients without one too.
+    Optional,
+    /// No valid client certificate, no connection.
+    Required,
+}
+
+/// `upstreams[].tls`: HTTPS to the upstream's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// Name sent in SNI and verified against the endpoint's certificate;
+    /// the endpoint's host when absent.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// CA bundle (PEM) to verify endpoints against; the system's roots when absent.
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +221,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Dur,
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Dur,
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 fn default_connect_timeout() -> Dur {
@@ -253,6 +332,11 @@ pub struct Loaded {
     pub hash: String,
     /// Name used in error messages and logs.
     pub file: String,
+    /// Certificates, keys and CA bundles the config names, read and checked.
+    pub tls: crate::tls::TlsMaterial,
+    /// Problems that do not stop the config (an expired certificate), in
+    /// the same `PATH:LINE:COL` form as errors.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Reads and loads a config file.
@@ -298,6 +382,8 @@ pub fn load_str(
         errors.push(err(positions.value(path), path, msg));
     });
     let typed = deserialize_all(value, &positions, &err, &mut errors);
+    let mut tls = crate::tls::TlsMaterial::default();
+    let mut warnings = Vec::new();
     if let Some(config) = &typed {
         // A node already reported (bad value, unset variable) is not
         // reported again by validation.
@@ -317,6 +403,29 @@ pub fn load_str(
             };
             errors.push(err(pos, path, msg));
         });
+        // Files are read only for a config that is otherwise sound, so a
+        // typo'd path is reported once, as the key it is.
+        if errors.is_empty() {
+            let at = |path: &str, at_key: bool| {
+                if at_key {
+                    positions.key(path)
+                } else {
+                    positions.value(path)
+                }
+            };
+            let mut file_errors = Vec::new();
+            tls = crate::tls::load_material(
+                config,
+                &base_dir,
+                &mut |path: &str, at_key: bool, msg: String| {
+                    file_errors.push(err(at(path, at_key), path, msg));
+                },
+                &mut |path: &str, at_key: bool, msg: String| {
+                    warnings.push(err(at(path, at_key), path, msg));
+                },
+            );
+            errors.extend(file_errors);
+        }
     }
     if !errors.is_empty() {
         errors.sort_by_key(|e| (e.pos.line, e.pos.col));
@@ -330,6 +439,8 @@ pub fn load_str(
         base_dir,
         hash: sha256_hex(text.as_bytes()),
         file: file.to_string(),
+        tls,
+        warnings,
     })
 }
 
@@ -424,7 +535,6 @@ fn deserialize_all(
 /// than "unknown key".
 fn unknown_key_message(path: &str) -> String {
     const PLANNED: &[&str] = &[
-        "tls",
         "shedding",
         "versioning",
         "jwt",

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use super::{Config, MatchConfig, RouteConfig};
+use super::{Config, ListenerTlsConfig, MatchConfig, RouteConfig};
 
 /// `report(path, at_key, message)`; `at_key` points the position at the key
 /// rather than the value.
@@ -38,6 +38,9 @@ pub fn validate(config: &Config, report: &mut Report<'_>) {
                 }
             }
             Err(msg) => report(&path, false, msg),
+        }
+        if let Some(tls) = &l.tls {
+            validate_listener_tls(tls, &format!("listeners[{i}].tls"), report);
         }
     }
     if let Err(msg) = parse_bind(&config.admin.bind) {
@@ -98,6 +101,15 @@ pub fn validate(config: &Config, report: &mut Report<'_>) {
                 "must be more than 0".into(),
             );
         }
+        if let Some(sni) = u.tls.as_ref().and_then(|t| t.sni.as_deref()) {
+            if rustls::pki_types::ServerName::try_from(sni).is_err() {
+                report(
+                    &format!("upstreams[{i}].tls.sni"),
+                    false,
+                    format!("`{sni}` is not a valid DNS name or IP address"),
+                );
+            }
+        }
     }
 
     let upstream_names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
@@ -108,6 +120,33 @@ pub fn validate(config: &Config, report: &mut Report<'_>) {
     );
     for (i, r) in config.routes.iter().enumerate() {
         validate_route(r, &format!("routes[{i}]"), &upstream_names, report);
+    }
+}
+
+/// What can be said of a `tls` block without reading its files (those are
+/// read and checked by [`crate::tls::files`]).
+fn validate_listener_tls(tls: &ListenerTlsConfig, path: &str, report: &mut Report<'_>) {
+    if tls.certificates.is_empty() {
+        report(
+            &format!("{path}.certificates"),
+            false,
+            "a TLS listener needs at least one certificate".into(),
+        );
+    }
+    if tls.client_auth.is_some() && tls.client_ca.is_none() {
+        report(
+            &format!("{path}.client_auth"),
+            true,
+            "`client_auth` needs `client_ca`: the CA bundle client certificates are checked against"
+                .into(),
+        );
+    }
+    if tls.handshake_timeout.0.is_zero() {
+        report(
+            &format!("{path}.handshake_timeout"),
+            false,
+            "must be more than 0".into(),
+        );
     }
 }
 

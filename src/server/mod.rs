@@ -24,12 +24,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Counter, Gauge};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, Instant};
 
 use crate::config::ServerConfig;
 use crate::telemetry::{CONNECTIONS_REJECTED_TOTAL, CONNECTIONS_TOTAL, OPEN_CONNECTIONS};
+use crate::tls::listener::ListenerTls;
 use crate::{pipeline, Shared};
 
 /// What a request knows of its connection.
@@ -38,6 +40,8 @@ pub struct ConnInfo {
     /// `X-Forwarded-Proto` for requests on this listener.
     pub proto: &'static str,
     pub state: Arc<ConnState>,
+    /// The verified client certificate's subject (mTLS listeners only).
+    pub client_cert_subject: Option<http::HeaderValue>,
 }
 
 /// Activity of one connection, shared by its reader and its requests.
@@ -178,10 +182,12 @@ struct ListenerMetrics {
     open: Gauge,
 }
 
-/// Accepts connections on `listener` until drain starts.
+/// Accepts connections on `listener` until drain starts; `tls` makes it
+/// an HTTPS listener.
 pub async fn serve(
     listener: TcpListener,
     name: String,
+    tls: Option<Arc<ListenerTls>>,
     shared: Arc<Shared>,
     settings: ConnSettings,
     limit: Arc<Semaphore>,
@@ -223,23 +229,36 @@ pub async fn serve(
         };
         m.accepted.increment(1);
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(
-            stream,
+        let conn = Connection {
             peer,
-            shared.clone(),
-            builder.clone(),
-            settings.clone(),
-            drain.clone(),
-            permit,
-            m.open.clone(),
-        ));
+            shared: shared.clone(),
+            builder: builder.clone(),
+            settings: settings.clone(),
+            drain: drain.clone(),
+            _permit: permit,
+            open: m.open.clone(),
+        };
+        match &tls {
+            None => {
+                tokio::spawn(conn.serve(stream, "http", None));
+            }
+            Some(tls) => {
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    // The connection counts against max_connections (and
+                    // holds up drain) from accept, handshake included.
+                    if let Some((stream, info)) = tls.handshake(stream, peer).await {
+                        conn.serve(stream, "https", info.client_subject).await;
+                    }
+                });
+            }
+        }
     }
     tracing::info!(listener = %name, "listener stopped accepting");
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve_connection(
-    stream: TcpStream,
+/// An accepted connection, before its HTTP serving starts.
+struct Connection {
     peer: SocketAddr,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -247,51 +266,74 @@ async fn serve_connection(
     drain: Drain,
     _permit: OwnedSemaphorePermit,
     open: Gauge,
-) {
-    open.increment(1.0);
-    let state = Arc::new(ConnState::new());
-    let info = Arc::new(ConnInfo {
-        peer,
-        proto: "http",
-        state: state.clone(),
-    });
-    let service = service_fn(move |req| {
-        let shared = shared.clone();
-        let info = info.clone();
-        async move { Ok::<_, Infallible>(pipeline::handle(&shared, &info, req).await) }
-    });
-    let io = TokioIo::new(io::WatchedIo::new(stream, state.clone()));
-    let conn = builder.serve_connection(io, service);
-    let mut conn = std::pin::pin!(conn);
-    let mut stop = drain.stop.clone();
-    let header_ms = millis(settings.header_read_timeout);
-    let idle_ms = millis(settings.idle_timeout);
-    let mut next = state.epoch + Duration::from_millis(header_ms.min(idle_ms));
-    let mut shutting_down = false;
-    loop {
-        tokio::select! {
-            _ = conn.as_mut() => break,
-            _ = stop.wait_for(|s| *s), if !shutting_down => {
-                conn.as_mut().graceful_shutdown();
-                shutting_down = true;
-            }
-            _ = sleep_until(next), if !shutting_down => {
-                match state.check(header_ms, idle_ms) {
-                    Watch::Later(at) => next = state.epoch + Duration::from_millis(at),
-                    Watch::HeaderTimeout => {
-                        tracing::debug!(%peer, "request head not received within header_read_timeout; closing");
-                        break;
-                    }
-                    Watch::Idle => {
-                        conn.as_mut().graceful_shutdown();
-                        shutting_down = true;
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 and HTTP/2 on `stream` (TCP or TLS) until it closes,
+    /// times out, or drain shuts it down.
+    async fn serve<S>(
+        self,
+        stream: S,
+        proto: &'static str,
+        client_cert_subject: Option<http::HeaderValue>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            peer,
+            shared,
+            builder,
+            settings,
+            drain,
+            _permit,
+            open,
+        } = self;
+        open.increment(1.0);
+        let state = Arc::new(ConnState::new());
+        let info = Arc::new(ConnInfo {
+            peer,
+            proto,
+            state: state.clone(),
+            client_cert_subject,
+        });
+        let service = service_fn(move |req| {
+            let shared = shared.clone();
+            let info = info.clone();
+            async move { Ok::<_, Infallible>(pipeline::handle(&shared, &info, req).await) }
+        });
+        let io = TokioIo::new(io::WatchedIo::new(stream, state.clone()));
+        let conn = builder.serve_connection(io, service);
+        let mut conn = std::pin::pin!(conn);
+        let mut stop = drain.stop.clone();
+        let header_ms = millis(settings.header_read_timeout);
+        let idle_ms = millis(settings.idle_timeout);
+        let mut next = state.epoch + Duration::from_millis(header_ms.min(idle_ms));
+        let mut shutting_down = false;
+        loop {
+            tokio::select! {
+                _ = conn.as_mut() => break,
+                _ = stop.wait_for(|s| *s), if !shutting_down => {
+                    conn.as_mut().graceful_shutdown();
+                    shutting_down = true;
+                }
+                _ = sleep_until(next), if !shutting_down => {
+                    match state.check(header_ms, idle_ms) {
+                        Watch::Later(at) => next = state.epoch + Duration::from_millis(at),
+                        Watch::HeaderTimeout => {
+                            tracing::debug!(%peer, "request head not received within header_read_timeout; closing");
+                            break;
+                        }
+                        Watch::Idle => {
+                            conn.as_mut().graceful_shutdown();
+                            shutting_down = true;
+                        }
                     }
                 }
             }
         }
+        open.decrement(1.0);
+        drop(drain.tracker);
     }
-    open.decrement(1.0);
-    drop(drain.tracker);
 }
 
 fn millis(d: Duration) -> u64 {

@@ -24,35 +24,69 @@ use crate::body::{BodyTooLarge, RequestBody};
 use crate::config::Balance;
 use crate::error::{Reject, UpstreamFailure};
 use crate::telemetry::UpstreamMetrics;
+use crate::tls::UpstreamTls;
+use hyper_rustls::HttpsConnector;
 
 /// Idle upstream connections are closed after this long: shorter than the
 /// usual backend keep-alive (60s+), so we rarely reuse a connection the
 /// backend is closing.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The pooled client: plain HTTP, or HTTPS through rustls.
+enum PoolClient {
+    Plain(Client<HttpConnector, RequestBody>),
+    Tls(Client<HttpsConnector<HttpConnector>, RequestBody>),
+}
+
 /// One upstream's connection pool (long-lived; see module docs).
 pub struct Pool {
-    client: Client<HttpConnector, RequestBody>,
+    client: PoolClient,
     pub connect_timeout: Duration,
+    /// [`UpstreamTls::identity`] for HTTPS pools; a pool is reused across
+    /// reloads only with the same TLS settings.
+    pub tls_identity: Option<String>,
     /// Round-robin cursor.
     cursor: AtomicUsize,
     pub metrics: UpstreamMetrics,
 }
 
 impl Pool {
-    pub fn new(connect_timeout: Duration, metrics: UpstreamMetrics) -> Pool {
+    pub fn new(
+        connect_timeout: Duration,
+        tls: Option<&UpstreamTls>,
+        metrics: UpstreamMetrics,
+    ) -> Pool {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+            .timer(TokioTimer::new());
+        let client = match tls {
+            None => {
+                connector.enforce_http(true);
+                PoolClient::Plain(builder.build(connector))
+            }
+            Some(tls) => {
+                connector.enforce_http(false);
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config((*tls.client).clone())
+                    .https_only();
+                let https = match &tls.sni {
+                    Some(name) => https.with_server_name_resolver(
+                        hyper_rustls::FixedServerNameResolver::new(name.clone()),
+                    ),
+                    None => https,
+                };
+                PoolClient::Tls(builder.build(https.enable_http1().wrap_connector(connector)))
+            }
+        };
         Pool {
             client,
             connect_timeout,
+            tls_identity: tls.map(|t| t.identity.clone()),
             cursor: AtomicUsize::new(0),
             metrics,
         }
@@ -124,7 +158,11 @@ pub async fn forward(
     if uri.path_and_query.is_none() {
         uri.path_and_query = Some(PathAndQuery::from_static("/"));
     }
-    uri.scheme = Some(Scheme::HTTP);
+    let pool = &upstream.pool;
+    uri.scheme = Some(match pool.client {
+        PoolClient::Plain(_) => Scheme::HTTP,
+        PoolClient::Tls(_) => Scheme::HTTPS,
+    });
     uri.authority = Some(endpoint.authority.clone());
     parts.uri = Uri::from_parts(uri).map_err(|_| Reject::BadRequest {
         reason: "the request target cannot be forwarded",
@@ -134,7 +172,11 @@ pub async fn forward(
     let req = Request::from_parts(parts, body);
 
     endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-    let result = tokio::time::timeout(timeout, upstream.pool.client.request(req)).await;
+    let sent = match &pool.client {
+        PoolClient::Plain(c) => c.request(req),
+        PoolClient::Tls(c) => c.request(req),
+    };
+    let result = tokio::time::timeout(timeout, sent).await;
     endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
 
     let metrics = &upstream.pool.metrics;

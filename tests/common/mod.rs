@@ -290,3 +290,290 @@ pub async fn expect_final_response(stream: &mut TcpStream, wait: Duration) {
     assert!(text.starts_with("http/1.1 200"), "{text}");
     assert!(text.contains("connection: close"), "{text}");
 }
+
+// ------------------------------------------------------------------ TLS
+
+pub use portcullis::tls::devcert::{DevCa, PemPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// A test PKI in a temp dir: a CA, and certificate files written on demand.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: DevCa,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::new("Test CA").unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &ca.pem.cert).unwrap();
+        Pki { dir, ca }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// Writes `<stem>.crt` and `<stem>.key`; returns their paths.
+    pub fn write_pair(&self, stem: &str, pair: &PemPair) -> (String, String) {
+        let (c, k) = (
+            self.path(&format!("{stem}.crt")),
+            self.path(&format!("{stem}.key")),
+        );
+        std::fs::write(&c, &pair.cert).unwrap();
+        std::fs::write(&k, &pair.key).unwrap();
+        (c, k)
+    }
+
+    /// A server certificate (ECDSA P-256) for `names`, written as `<stem>.*`.
+    pub fn server(&self, stem: &str, names: &[&str]) -> (String, String) {
+        let pair = self
+            .ca
+            .server_cert(names, 30, &rcgen::PKCS_ECDSA_P256_SHA256)
+            .unwrap();
+        self.write_pair(stem, &pair)
+    }
+}
+
+/// What a TLS test client offers.
+#[derive(Clone)]
+pub struct ClientOpts {
+    /// PEM of the CA to trust; `None` accepts any certificate (to inspect
+    /// which one the server chose).
+    pub trust: Option<String>,
+    pub alpn: Vec<&'static [u8]>,
+    pub versions: Vec<&'static rustls::SupportedProtocolVersion>,
+    pub client_cert: Option<PemPair>,
+}
+
+impl ClientOpts {
+    pub fn trusting(ca: &DevCa) -> ClientOpts {
+        ClientOpts {
+            trust: Some(ca.pem.cert.clone()),
+            alpn: vec![b"h2", b"http/1.1"],
+            versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
+            client_cert: None,
+        }
+    }
+}
+
+/// Accepts any server certificate: only for tests that look at which
+/// certificate was served.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+pub fn client_config(opts: &ClientOpts) -> rustls::ClientConfig {
+    let provider = portcullis::tls::provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&opts.versions)
+        .unwrap();
+    let builder = match &opts.trust {
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            builder.with_root_certificates(roots)
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider))),
+    };
+    let mut config = match &opts.client_cert {
+        Some(pair) => {
+            let chain: Vec<_> = CertificateDer::pem_slice_iter(pair.cert.as_bytes())
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_slice(pair.key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = opts.alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+pub type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Connects and runs the TLS handshake with SNI `server_name` (an IP
+/// address sends no SNI).
+pub async fn tls_connect(
+    addr: SocketAddr,
+    server_name: &str,
+    opts: &ClientOpts,
+) -> std::io::Result<ClientTls> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(opts)));
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(server_name.to_string()).unwrap();
+    connector.connect(name, tcp).await
+}
+
+/// The leaf certificate the server presented.
+pub fn served_cert(tls: &ClientTls) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+/// The first certificate in a PEM file's text.
+pub fn pem_cert_der(pem: &str) -> CertificateDer<'static> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+}
+
+/// An HTTP connection over TLS, HTTP/2 or HTTP/1.1 as ALPN chose.
+pub enum TlsHttp {
+    H1(hyper::client::conn::http1::SendRequest<BoxBody>),
+    H2(hyper::client::conn::http2::SendRequest<BoxBody>),
+}
+
+impl TlsHttp {
+    pub async fn new(tls: ClientTls) -> hyper::Result<TlsHttp> {
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let io = TokioIo::new(tls);
+        if h2 {
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(conn);
+            Ok(TlsHttp::H2(sender))
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(conn);
+            Ok(TlsHttp::H1(sender))
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        matches!(self, TlsHttp::H2(_))
+    }
+
+    /// GET `path` with the given extra headers; the body read whole.
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> hyper::Result<Answer> {
+        let mut b = Request::get(format!("https://localhost{path}"));
+        if let TlsHttp::H1(_) = self {
+            b = Request::get(path).header("host", "localhost");
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(empty()).unwrap();
+        let resp = match self {
+            TlsHttp::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+            TlsHttp::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await?.to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        })
+    }
+}
+
+/// One HTTPS GET on a new connection.
+pub async fn https_get(
+    addr: SocketAddr,
+    server_name: &str,
+    opts: &ClientOpts,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Answer, String> {
+    let tls = tls_connect(addr, server_name, opts)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let mut http = TlsHttp::new(tls).await.map_err(|e| format!("http: {e}"))?;
+    http.get(path, headers)
+        .await
+        .map_err(|e| format!("request: {e}"))
+}
+
+/// A test upstream like [`spawn_upstream`] that speaks HTTPS with `pair`.
+pub async fn spawn_tls_upstream(name: &'static str, pair: &PemPair) -> Upstream {
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(pair.cert.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(pair.key.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(portcullis::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            s.connections.fetch_add(1, Ordering::SeqCst);
+            let s = s.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = service_fn(move |req| {
+                    let s = s.clone();
+                    async move { Ok::<_, Infallible>(answer(name, Duration::ZERO, &s, req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, name, seen }
+}
