@@ -609,3 +609,45 @@ async fn curl_speaks_http2_over_tls_to_the_gateway() {
     );
     assert_eq!(text, "up /curl\n2");
 }
+
+#[tokio::test]
+async fn openssl_s_client_sees_the_version_floor() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: openssl is not installed");
+        return;
+    }
+    let up = spawn_upstream("up").await;
+    let pki = Pki::new();
+    let cert = pki.server("localhost", &["localhost"]);
+    let gw = start_gateway(&https_config(
+        &[cert],
+        "      min_version: \"1.3\"\n",
+        up.addr,
+        None,
+    ))
+    .await;
+    let connect = format!("127.0.0.1:{}", https_addr(&gw).port());
+    let ca = pki.path("ca.crt");
+    let s_client = move |version: &'static str| {
+        let (connect, ca) = (connect.clone(), ca.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("openssl")
+                .args(["s_client", "-connect", &connect, "-servername", "localhost"])
+                .args(["-CAfile", &ca, "-brief", version])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        })
+    };
+    let ok = s_client("-tls1_3").await.unwrap();
+    let text =
+        String::from_utf8_lossy(&ok.stderr).into_owned() + &String::from_utf8_lossy(&ok.stdout);
+    assert!(text.contains("Protocol version: TLSv1.3"), "{text}");
+    assert!(text.contains("Verification: OK"), "{text}");
+    let refused = s_client("-tls1_2").await.unwrap();
+    assert!(!refused.status.success(), "TLS 1.2 must be refused");
+}
