@@ -1,7 +1,8 @@
-//! The admin port: `/health/live`, `/health/ready`, `/metrics`, `/status`.
-//! Never shed, never routed, never counted as traffic.
+//! The admin port: `/health/live`, `/health/ready`, `/metrics`, `/status`,
+//! and `POST /reload`. Never shed, never routed, never counted as traffic.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
@@ -21,7 +22,7 @@ use crate::Shared;
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
@@ -30,11 +31,59 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(answer(&shared, &req)) }
+                async move {
+                    if req.uri().path() == "/reload" {
+                        return Ok::<_, Infallible>(reload(&shared, &req, peer).await);
+                    }
+                    Ok::<_, Infallible>(answer(&shared, &req))
+                }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
+}
+
+/// `POST /reload`: reloads the config file and answers with the outcome:
+/// 200 with the new generation and changes, or 422 with every error as
+/// `PATH:LINE:COL: message`. Loopback clients only, unless
+/// `admin.allow_remote_reload`.
+async fn reload(
+    shared: &Arc<Shared>,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "POST only\n".into(),
+        );
+    }
+    if !peer.ip().is_loopback() && !shared.snapshot.load().admin.allow_remote_reload {
+        return reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "POST /reload is allowed from loopback only (admin.allow_remote_reload)\n".into(),
+        );
+    }
+    let (status, doc) = match crate::reload::reload(shared, "admin").await {
+        Ok(record) => (StatusCode::OK, serde_json::to_value(&record)),
+        Err(e) => {
+            let record = shared.reload.last();
+            let status = match e {
+                crate::reload::ReloadError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+                crate::reload::ReloadError::NoFile => StatusCode::CONFLICT,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            (status, serde_json::to_value(&record))
+        }
+    };
+    let mut text = doc
+        .ok()
+        .and_then(|d| serde_json::to_string_pretty(&d).ok())
+        .unwrap_or_default();
+    text.push('\n');
+    reply(status, "application/json", text)
 }
 
 fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -92,7 +141,8 @@ fn status(shared: &Shared) -> String {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let listeners: Vec<_> = shared
-        .tls_listeners
+        .listeners
+        .tls()
         .iter()
         .map(|l| {
             let st = l.status();
@@ -122,8 +172,9 @@ fn status(shared: &Shared) -> String {
         "generation": snap.generation,
         "config_file": snap.file,
         "config_hash": snap.hash,
+        // When the config now serving was loaded: the last good config.
         "loaded_at_unix": loaded,
-        "last_reload": { "result": "ok", "error": null },
+        "last_reload": shared.reload.last(),
         "ready": shared.is_ready(),
         "draining": shared.is_draining(),
         "routes": snap.router.len(),

@@ -248,6 +248,8 @@ pub fn commands(config: &Config, listeners: &[(String, SocketAddr)], admin: Sock
         "  # no route: a problem document\n  curl -si {base}/nope\n\n\
          \x20 # admin port\n  curl -s {admin}/status\n  curl -s {admin}/metrics | grep portcullis_\n\n\
          \x20 # load (install wrk: apt-get install wrk)\n  wrk -t2 -c32 -d10s {base}{}\n\n\
+         Edit gateway.yaml and save: the change is live within a second\n\
+         (`curl -s {admin}/status` shows the generation and what changed).\n\
          Ctrl-C drains and stops.\n",
         wrk_path.unwrap_or_else(|| "/".into())
     ));

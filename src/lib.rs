@@ -18,6 +18,7 @@ pub mod error;
 pub mod limits;
 pub mod pipeline;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod snapshot;
@@ -27,16 +28,18 @@ pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use config::{ConfigErrors, Loaded};
+use server::listeners::Listeners;
 use snapshot::Snapshot;
 use state::State;
 use telemetry::Metrics;
@@ -47,8 +50,13 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub state: State,
     pub metrics: Arc<Metrics>,
-    /// HTTPS listeners' live TLS (for `/status`).
-    pub tls_listeners: Vec<Arc<tls::listener::ListenerTls>>,
+    /// Running listeners, by bind address.
+    pub listeners: Listeners,
+    /// Open client connections (against `server.max_connections`).
+    pub conns: server::ConnCount,
+    pub reload: reload::ReloadState,
+    /// The file hot reload reads (`None` when started from text).
+    pub config_path: Option<PathBuf>,
     ready: AtomicBool,
     draining: AtomicBool,
 }
@@ -84,7 +92,8 @@ pub struct Gateway;
 
 impl Gateway {
     /// Compiles `loaded`, binds every listener and the admin port, and starts
-    /// serving. Must be called inside a Tokio runtime.
+    /// serving. Must be called inside a Tokio runtime. Config-file watching
+    /// is separate: [`RunningGateway::watch_config`].
     pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         let metrics = Metrics::new();
         let state = State::new(metrics.clone());
@@ -96,41 +105,7 @@ impl Gateway {
 
         // Bind everything before serving anything: a port in use fails the
         // whole start with a clear message.
-        let mut bound = Vec::new();
-        for l in &config.listeners {
-            let addr = config::validate::parse_bind(&l.bind).map_err(|msg| {
-                ConfigErrors(vec![config::ConfigError {
-                    file: loaded.file.clone(),
-                    pos: Default::default(),
-                    path: "listeners".into(),
-                    message: msg,
-                }])
-            })?;
-            let listener = bind(addr, format!("listener `{}`", l.name)).await?;
-            let tls = match (&l.tls, loaded.tls.listeners.get(&l.name)) {
-                (Some(settings), Some(material)) => Some(
-                    tls::listener::ListenerTls::new(
-                        &l.name,
-                        settings,
-                        loaded.base_dir.clone(),
-                        material,
-                        &metrics,
-                    )
-                    .map_err(|message| StartError::Tls {
-                        listener: l.name.clone(),
-                        message,
-                    })?,
-                ),
-                (Some(_), None) => {
-                    return Err(StartError::Tls {
-                        listener: l.name.clone(),
-                        message: "its certificates were not loaded".into(),
-                    })
-                }
-                (None, _) => None,
-            };
-            bound.push((l.name.clone(), listener, tls));
-        }
+        let plan = reload::plan_listeners(&loaded, None, &metrics).await?;
         let admin_addr = config::validate::parse_bind(&config.admin.bind).map_err(|msg| {
             ConfigErrors(vec![config::ConfigError {
                 file: loaded.file.clone(),
@@ -141,48 +116,24 @@ impl Gateway {
         })?;
         let admin_listener = bind(admin_addr, "the admin port".into()).await?;
 
-        let tls_listeners: Vec<_> = bound.iter().filter_map(|(_, _, t)| t.clone()).collect();
+        let (tracker, done_rx) = mpsc::channel(1);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             state,
             metrics: metrics.clone(),
-            tls_listeners: tls_listeners.clone(),
+            listeners: Listeners::new(tracker),
+            conns: server::ConnCount::default(),
+            reload: reload::ReloadState::new(&metrics),
+            config_path: loaded.path.clone(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         });
+        reload::start_listeners(plan, &shared);
 
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (tracker, done_rx) = mpsc::channel(1);
-        let drain = server::Drain {
-            stop: stop_rx,
-            tracker: tracker.clone(),
-        };
-        let settings = server::ConnSettings::from_config(&config.server);
-        let limit = Arc::new(Semaphore::new(config.server.max_connections));
         let mut tasks = Vec::new();
-        let mut listeners = Vec::new();
-        for (name, listener, tls) in bound {
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
-                what: format!("listener `{name}`"),
-                addr: admin_addr,
-                source,
-            })?;
-            tracing::info!(listener = %name, %addr, tls = tls.is_some(), "listening");
-            listeners.push((name.clone(), addr));
-            tasks.push(tokio::spawn(server::serve(
-                listener,
-                name,
-                tls,
-                shared.clone(),
-                settings.clone(),
-                limit.clone(),
-                drain.clone(),
-            )));
-        }
         let admin = admin_listener.local_addr().unwrap_or(admin_addr);
         tracing::info!(%admin, "admin port listening");
         tasks.push(tokio::spawn(admin::serve(admin_listener, shared.clone())));
-        tasks.push(tokio::spawn(tls::listener::watch(tls_listeners)));
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
@@ -190,16 +141,12 @@ impl Gateway {
                 metrics.run_upkeep();
             }
         }));
+        tasks.push(tokio::spawn(tls::listener::watch(shared.clone())));
         shared.ready.store(true, Ordering::Relaxed);
         Ok(RunningGateway {
             shared,
-            listeners,
             admin,
-            stop_tx,
-            tracker: Some(tracker),
             done_rx,
-            drain_delay: config.server.drain_delay.0,
-            drain_timeout: config.server.drain_timeout.0,
             tasks,
         })
     }
@@ -215,13 +162,8 @@ async fn bind(addr: SocketAddr, what: String) -> Result<TcpListener, StartError>
 /// [`RunningGateway::shutdown`] for the contract's graceful drain.
 pub struct RunningGateway {
     shared: Arc<Shared>,
-    listeners: Vec<(String, SocketAddr)>,
     admin: SocketAddr,
-    stop_tx: watch::Sender<bool>,
-    tracker: Option<mpsc::Sender<()>>,
     done_rx: mpsc::Receiver<()>,
-    drain_delay: Duration,
-    drain_timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -237,14 +179,15 @@ pub enum Drained {
 impl RunningGateway {
     /// The bound address of listener `name` (useful with port 0).
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
+        self.listeners()
+            .into_iter()
             .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+            .map(|(_, a)| a)
     }
 
-    pub fn listeners(&self) -> &[(String, SocketAddr)] {
-        &self.listeners
+    /// `(name, bound address)` of the listeners running now.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.shared.listeners.addrs()
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -255,24 +198,40 @@ impl RunningGateway {
         &self.shared
     }
 
+    /// Reloads the config file now (what `SIGHUP` does).
+    pub async fn reload(&self) -> Result<reload::ReloadRecord, reload::ReloadError> {
+        reload::reload(&self.shared, "api").await
+    }
+
+    /// Starts watching the config file for changes (`portcullis run` does;
+    /// tests that reload explicitly do not).
+    pub fn watch_config(&mut self) {
+        if let Some(path) = self.shared.config_path.clone() {
+            self.tasks
+                .push(tokio::spawn(reload::watch_file(self.shared.clone(), path)));
+        }
+    }
+
     /// The contract's Shutdown: readiness 503 at once; keep serving for
     /// `drain_delay`; stop accepting, `Connection: close` on HTTP/1 and
     /// GOAWAY on HTTP/2; wait up to `drain_timeout` for in-flight work.
     pub async fn shutdown(mut self) -> Drained {
         self.shared.ready.store(false, Ordering::Relaxed);
+        // The config serving when the drain starts decides its timings.
+        let server = self.shared.snapshot.load().server.clone();
+        let (drain_delay, drain_timeout) = (server.drain_delay.0, server.drain_timeout.0);
         tracing::info!(
-            drain_delay_ms = self.drain_delay.as_millis() as u64,
+            drain_delay_ms = drain_delay.as_millis() as u64,
             "shutdown: readiness is now 503; still serving for drain_delay"
         );
-        tokio::time::sleep(self.drain_delay).await;
+        tokio::time::sleep(drain_delay).await;
         self.shared.draining.store(true, Ordering::Relaxed);
-        let _ = self.stop_tx.send(true);
-        self.tracker = None;
+        self.shared.listeners.stop_all();
         tracing::info!(
-            drain_timeout_ms = self.drain_timeout.as_millis() as u64,
+            drain_timeout_ms = drain_timeout.as_millis() as u64,
             "shutdown: stopped accepting; waiting for in-flight requests"
         );
-        match tokio::time::timeout(self.drain_timeout, self.done_rx.recv()).await {
+        match tokio::time::timeout(drain_timeout, self.done_rx.recv()).await {
             Ok(_) => {
                 tracing::info!("shutdown: drained");
                 Drained::Clean
@@ -287,7 +246,7 @@ impl RunningGateway {
 
 impl Drop for RunningGateway {
     fn drop(&mut self) {
-        let _ = self.stop_tx.send(true);
+        self.shared.listeners.abort_all();
         for t in &self.tasks {
             t.abort();
         }

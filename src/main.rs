@@ -34,13 +34,25 @@ enum Command {
     Run {
         #[arg(long, default_value = "gateway.yaml")]
         config: PathBuf,
+        /// Do not watch the config file; reload only on SIGHUP or POST /reload.
+        #[arg(long)]
+        no_watch: bool,
     },
-    /// Parse and validate a config file, like `nginx -t`.
-    Check { path: PathBuf },
+    /// Parse and validate a config file, like `nginx -t`; with `--diff OLD`,
+    /// also print what reloading from OLD to it would change.
+    Check {
+        /// The running (or previous) config to compare with.
+        #[arg(long, value_name = "OLD")]
+        diff: Option<PathBuf>,
+        path: PathBuf,
+    },
     /// Start demo backends on the endpoints gateway.yaml names, then the gateway.
     Demo {
         #[arg(long, default_value = "gateway.yaml")]
         config: PathBuf,
+        /// Do not watch the config file; reload only on SIGHUP or POST /reload.
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Run one demo backend (JSON echo with /health), e.g. as a load-test upstream.
     Backend {
@@ -58,10 +70,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run {
         config: PathBuf::from("gateway.yaml"),
+        no_watch: false,
     }) {
-        Command::Check { path } => check(&path),
-        Command::Run { config } => run(&config, cli.log_format, false),
-        Command::Demo { config } => run(&config, cli.log_format, true),
+        Command::Check { path, diff } => check(&path, diff.as_deref()),
+        Command::Run { config, no_watch } => run(&config, cli.log_format, false, !no_watch),
+        Command::Demo { config, no_watch } => run(&config, cli.log_format, true, !no_watch),
         Command::Backend {
             bind,
             name,
@@ -70,9 +83,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, diff_from: Option<&Path>) -> ExitCode {
     match config::load_file(path) {
         Ok(loaded) => {
+            if let Some(old_path) = diff_from {
+                // The old file only needs to be YAML: it may be the broken
+                // config being replaced.
+                let old = std::fs::read_to_string(old_path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| {
+                        config::yaml::parse(&text)
+                            .map(|(v, _)| v)
+                            .map_err(|e| e.message)
+                    });
+                match old {
+                    Ok(old) => {
+                        let changes = config::diff::diff(&old, &loaded.raw);
+                        if changes.is_empty() {
+                            println!("no changes from {}", old_path.display());
+                        }
+                        for c in changes {
+                            println!("{c}");
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("{}: cannot read it to compare: {e}", old_path.display());
+                        return ExitCode::from(1);
+                    }
+                }
+            }
             for w in &loaded.warnings {
                 eprintln!("{w}");
             }
@@ -95,7 +134,7 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn run(path: &Path, log_format: LogFormat, demo: bool) -> ExitCode {
+fn run(path: &Path, log_format: LogFormat, demo: bool, watch: bool) -> ExitCode {
     if demo {
         // Before loading: the demo config names the dev certificates.
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
@@ -141,10 +180,10 @@ fn run(path: &Path, log_format: LogFormat, demo: bool) -> ExitCode {
         }
     };
     let _log_guard = init_logging(log_format);
-    rt.block_on(serve(loaded, demo))
+    rt.block_on(serve(loaded, demo, watch))
 }
 
-async fn serve(loaded: Loaded, demo: bool) -> ExitCode {
+async fn serve(loaded: Loaded, demo: bool, watch: bool) -> ExitCode {
     if demo {
         match demo::spawn_backends(&loaded.config).await {
             Ok(started) => {
@@ -159,7 +198,7 @@ async fn serve(loaded: Loaded, demo: bool) -> ExitCode {
         }
     }
     let config = loaded.config.clone();
-    let gateway = match Gateway::start(loaded).await {
+    let mut gateway = match Gateway::start(loaded).await {
         Ok(g) => g,
         Err(e) => {
             eprintln!("portcullis: {e}");
@@ -171,8 +210,11 @@ async fn serve(loaded: Loaded, demo: bool) -> ExitCode {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         println!(
             "{}",
-            demo::commands(&config, gateway.listeners(), gateway.admin_addr())
+            demo::commands(&config, &gateway.listeners(), gateway.admin_addr())
         );
+    }
+    if watch {
+        gateway.watch_config();
     }
     wait_and_drain(gateway).await
 }
@@ -193,7 +235,8 @@ async fn wait_and_drain(gateway: RunningGateway) -> ExitCode {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                tracing::warn!("SIGHUP received: hot reload is not supported by this build yet; restart to apply config changes");
+                // Logged, counted and shown in /status by the reload itself.
+                let _ = portcullis::reload::reload(gateway.shared(), "SIGHUP").await;
             }
         }
     }

@@ -10,10 +10,11 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue, Method};
 
-use crate::config::{ConfigError, ConfigErrors, Loaded, ServerConfig};
+use crate::config::{AdminConfig, ConfigError, ConfigErrors, Loaded, ServerConfig};
 use crate::limits::SizeLimits;
 use crate::routing::split::Split;
 use crate::routing::{Conditions, PathMatch, Router};
+use crate::server::{ConnRuntime, ConnSettings};
 use crate::state::State;
 use crate::telemetry::RouteMetrics;
 use crate::upstream::Upstream;
@@ -42,6 +43,11 @@ pub struct Snapshot {
     pub limits: SizeLimits,
     pub access_log: bool,
     pub server: ServerConfig,
+    pub admin: AdminConfig,
+    /// Connection settings and the hyper builder for new connections.
+    pub conn: Arc<ConnRuntime>,
+    /// The config document as loaded, for the next reload's diff.
+    pub raw: serde_json::Value,
 }
 
 impl Snapshot {
@@ -155,6 +161,9 @@ impl Snapshot {
             },
             access_log: config.server.access_log,
             server: config.server.clone(),
+            admin: config.admin.clone(),
+            conn: Arc::new(ConnRuntime::new(ConnSettings::from_config(&config.server))),
+            raw: loaded.raw.clone(),
         })
     }
 }

@@ -78,6 +78,22 @@ impl State {
         Ok(e)
     }
 
+    /// Forgets everything `config` no longer names. Snapshots still in use
+    /// keep their `Arc`s until their last request ends; then idle pooled
+    /// connections of removed upstreams close.
+    pub fn retain(&self, config: &crate::config::Config) {
+        let upstream = |n: &str| config.upstreams.iter().any(|u| u.name == n);
+        lock(&self.pools).retain(|name, _| upstream(name));
+        lock(&self.endpoints).retain(|(u, addr), _| {
+            config
+                .upstreams
+                .iter()
+                .any(|c| c.name == *u && c.endpoints.contains(addr))
+        });
+        lock(&self.routes)
+            .retain(|name, _| name.is_empty() || config.routes.iter().any(|r| r.name == *name));
+    }
+
     /// Metric handles for route `name` ("" for unrouted requests).
     pub fn route_metrics(&self, name: &str) -> Arc<RouteMetrics> {
         lock(&self.routes)

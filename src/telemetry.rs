@@ -26,6 +26,7 @@ pub const CONNECTIONS_TOTAL: &str = "portcullis_connections_total";
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "portcullis_connections_rejected_total";
 pub const OPEN_CONNECTIONS: &str = "portcullis_open_connections";
 pub const CONFIG_GENERATION: &str = "portcullis_config_generation";
+pub const CONFIG_RELOADS_TOTAL: &str = "portcullis_config_reloads_total";
 pub const TLS_HANDSHAKES_TOTAL: &str = "portcullis_tls_handshakes_total";
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "portcullis_tls_handshake_errors_total";
 pub const TLS_CERTIFICATE_RELOADS_TOTAL: &str = "portcullis_tls_certificate_reloads_total";

@@ -295,8 +295,13 @@ impl Drop for Running {
 }
 
 fn spawn_binary(config: &std::path::Path) -> Running {
+    spawn_binary_with(config, &[])
+}
+
+fn spawn_binary_with(config: &std::path::Path, extra_args: &[&str]) -> Running {
     let mut child = Command::new(BIN)
         .args(["run", "--config", config.to_str().unwrap()])
+        .args(extra_args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -429,4 +434,100 @@ async fn access_log_is_one_json_line_per_request() {
     assert_eq!(v["status"], 404);
     assert_eq!(v["route"], "");
     assert_eq!(v["error"], "no_route");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_no_watch_leaves_the_file_alone_until_then() {
+    let up = spawn_upstream("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = simple_config(&[up.addr], "", "").replace("path_prefix: /", "path_prefix: /old");
+    let path = write_config(&dir, "gw.yaml", &yaml);
+    let gw = spawn_binary_with(&path, &["--no-watch"]);
+    assert_eq!(get(gw.http, "/new").await.status, 404);
+
+    write_config(&dir, "gw.yaml", &yaml.replace("/old", "/new"));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        get(gw.http, "/new").await.status,
+        404,
+        "--no-watch: not applied by itself"
+    );
+
+    let status = Command::new("kill")
+        .args(["-HUP", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while get(gw.http, "/new").await.status != 200 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last = get(gw.admin, "/status").await.json()["last_reload"].clone();
+    assert_eq!(
+        (last["result"].as_str(), last["trigger"].as_str()),
+        (Some("ok"), Some("SIGHUP"))
+    );
+    assert!(gw.child.id() > 0, "still running");
+}
+
+#[test]
+fn check_diff_prints_what_a_reload_would_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = write_config(
+        &dir,
+        "old.yaml",
+        "listeners: [{ name: http, bind: '127.0.0.1:8080' }]\n\
+         upstreams:\n  - { name: a, endpoints: ['127.0.0.1:9001'] }\n  - { name: gone, endpoints: ['127.0.0.1:9002'] }\n\
+         routes:\n  - { name: r, match: { path_prefix: /a }, upstream: a }\n",
+    );
+    let new = write_config(
+        &dir,
+        "new.yaml",
+        "listeners: [{ name: http, bind: '127.0.0.1:8080' }]\n\
+         upstreams:\n  - { name: a, endpoints: ['127.0.0.1:9001', '127.0.0.1:9003'] }\n\
+         routes:\n  - { name: r, match: { path_prefix: /a }, upstream: a, timeout: 2s }\n\
+         \x20 - { name: s, match: { path: /s }, upstream: a }\n",
+    );
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--diff",
+            old.to_str().unwrap(),
+            new.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "~ route `r`: timeout: (unset) → 2s",
+        "+ route `s`",
+        "- upstream `gone`",
+        "~ upstream `a`: endpoints: [\"127.0.0.1:9001\"] → [\"127.0.0.1:9001\",\"127.0.0.1:9003\"]",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "missing `{line}` in:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("new.yaml: ok:"), "{stdout}");
+
+    // An invalid NEW fails as `check` always does; no diff is printed.
+    let bad = write_config(&dir, "bad.yaml", "listeners: []\n");
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--diff",
+            old.to_str().unwrap(),
+            bad.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
 }

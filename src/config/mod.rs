@@ -6,6 +6,7 @@
 //! typed deserialization (unknown keys collected, not fatal) → [`validate`]
 //! (cross-references, duplicates, weights). Nothing here knows about runtime.
 
+pub mod diff;
 pub mod validate;
 pub mod values;
 pub mod yaml;
@@ -123,6 +124,9 @@ pub struct UpstreamTlsConfig {
 pub struct AdminConfig {
     #[serde(default = "default_admin_bind")]
     pub bind: String,
+    /// `POST /reload` from other hosts than loopback (added to the contract).
+    #[serde(default)]
+    pub allow_remote_reload: bool,
 }
 
 fn default_admin_bind() -> String {
@@ -133,6 +137,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             bind: default_admin_bind(),
+            allow_remote_reload: false,
         }
     }
 }
@@ -332,6 +337,12 @@ pub struct Loaded {
     pub hash: String,
     /// Name used in error messages and logs.
     pub file: String,
+    /// The file it was read from (`None` for text loaded by [`load_str`]):
+    /// what hot reload reads again.
+    pub path: Option<PathBuf>,
+    /// The document as parsed, after `${ENV}` expansion: what
+    /// [`diff::diff`] compares.
+    pub raw: Value,
     /// Certificates, keys and CA bundles the config names, read and checked.
     pub tls: crate::tls::TlsMaterial,
     /// Problems that do not stop the config (an expired certificate), in
@@ -355,7 +366,9 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigErrors> {
         .map(Path::to_path_buf)
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| PathBuf::from("."));
-    load_str(&text, &file, base_dir, &|n| std::env::var(n).ok())
+    let mut loaded = load_str(&text, &file, base_dir, &|n| std::env::var(n).ok())?;
+    loaded.path = Some(path.to_path_buf());
+    Ok(loaded)
 }
 
 /// Loads config text; `file` names it in errors, `env` resolves `${NAME}`.
@@ -381,6 +394,7 @@ pub fn load_str(
     expand_env_in(&mut value, "", env, &mut |path, msg| {
         errors.push(err(positions.value(path), path, msg));
     });
+    let raw = value.clone();
     let typed = deserialize_all(value, &positions, &err, &mut errors);
     let mut tls = crate::tls::TlsMaterial::default();
     let mut warnings = Vec::new();
@@ -439,12 +453,15 @@ pub fn load_str(
         base_dir,
         hash: sha256_hex(text.as_bytes()),
         file: file.to_string(),
+        path: None,
+        raw,
         tls,
         warnings,
     })
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// Hex SHA-256, as in [`Loaded::hash`].
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()

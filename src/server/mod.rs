@@ -13,20 +13,22 @@
 //!   connection is shut down gracefully (HTTP/2 gets GOAWAY).
 
 mod io;
+pub mod listeners;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Counter, Gauge};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
 use crate::config::ServerConfig;
@@ -165,46 +167,93 @@ impl ConnSettings {
     }
 }
 
-/// Drain signalling shared by all listeners.
+/// Drain signalling for one listener's accept loop and connections.
 #[derive(Clone)]
 pub struct Drain {
-    /// Flips to true when listeners must stop accepting and connections
-    /// shut down gracefully.
+    /// Flips to true when the listener must stop accepting and its
+    /// connections shut down gracefully (process drain, or the listener was
+    /// removed by a reload).
     pub stop: watch::Receiver<bool>,
     /// Every connection task holds a clone; when all are gone, drain is done.
     pub tracker: mpsc::Sender<()>,
 }
 
 /// Per-listener connection metrics.
-struct ListenerMetrics {
+pub struct ListenerMetrics {
     accepted: Counter,
     rejected: Counter,
     open: Gauge,
 }
 
-/// Accepts connections on `listener` until drain starts; `tls` makes it
-/// an HTTPS listener.
+impl ListenerMetrics {
+    pub fn new(metrics: &crate::telemetry::Metrics, listener: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            accepted: metrics.counter(CONNECTIONS_TOTAL, &[("listener", listener)]),
+            rejected: metrics.counter(CONNECTIONS_REJECTED_TOTAL, &[("listener", listener)]),
+            open: metrics.gauge(OPEN_CONNECTIONS, &[("listener", listener)]),
+        }
+    }
+}
+
+/// What a listener's accept loop reads for each new connection; a reload
+/// swaps it (name, TLS) without touching the socket or open connections.
+pub struct ListenerRuntime {
+    pub name: Arc<str>,
+    pub tls: Option<Arc<ListenerTls>>,
+    pub metrics: ListenerMetrics,
+}
+
+/// The connection settings of one config generation, with the hyper
+/// builder made from them (held by the snapshot; new connections use the
+/// current one).
+pub struct ConnRuntime {
+    pub settings: ConnSettings,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+}
+
+impl ConnRuntime {
+    pub fn new(settings: ConnSettings) -> ConnRuntime {
+        let builder = Arc::new(settings.builder());
+        ConnRuntime { settings, builder }
+    }
+}
+
+/// Open client connections across all listeners, against the current
+/// `max_connections` (a counter rather than a semaphore so a reload can
+/// change the cap).
+#[derive(Default)]
+pub struct ConnCount(Arc<AtomicUsize>);
+
+/// One open connection's place under the cap.
+pub struct ConnPermit(Arc<AtomicUsize>);
+
+impl ConnCount {
+    fn try_acquire(&self, max: usize) -> Option<ConnPermit> {
+        if self.0.fetch_add(1, Ordering::Relaxed) >= max {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ConnPermit(self.0.clone()))
+    }
+
+    pub fn open(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts connections on `listener` until its drain signal.
 pub async fn serve(
     listener: TcpListener,
-    name: String,
-    tls: Option<Arc<ListenerTls>>,
+    runtime: Arc<ArcSwap<ListenerRuntime>>,
     shared: Arc<Shared>,
-    settings: ConnSettings,
-    limit: Arc<Semaphore>,
     drain: Drain,
 ) {
-    let m = ListenerMetrics {
-        accepted: shared
-            .metrics
-            .counter(CONNECTIONS_TOTAL, &[("listener", &name)]),
-        rejected: shared
-            .metrics
-            .counter(CONNECTIONS_REJECTED_TOTAL, &[("listener", &name)]),
-        open: shared
-            .metrics
-            .gauge(OPEN_CONNECTIONS, &[("listener", &name)]),
-    };
-    let builder = Arc::new(settings.builder());
     let mut stop = drain.stop.clone();
     loop {
         let accepted = tokio::select! {
@@ -212,33 +261,35 @@ pub async fn serve(
             _ = stop.wait_for(|s| *s) => break,
             r = listener.accept() => r,
         };
+        let rt = runtime.load_full();
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tracing::warn!(listener = %rt.name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
+        let snap = shared.snapshot.load();
+        let Some(permit) = shared.conns.try_acquire(snap.server.max_connections) else {
             // Over max_connections: close at once; existing connections go on.
-            m.rejected.increment(1);
+            rt.metrics.rejected.increment(1);
             drop(stream);
             continue;
         };
-        m.accepted.increment(1);
+        rt.metrics.accepted.increment(1);
         let _ = stream.set_nodelay(true);
         let conn = Connection {
             peer,
             shared: shared.clone(),
-            builder: builder.clone(),
-            settings: settings.clone(),
+            conn: snap.conn.clone(),
             drain: drain.clone(),
             _permit: permit,
-            open: m.open.clone(),
+            open: rt.metrics.open.clone(),
         };
-        match &tls {
+        drop(snap);
+        match &rt.tls {
             None => {
                 tokio::spawn(conn.serve(stream, "http", None));
             }
@@ -254,17 +305,16 @@ pub async fn serve(
             }
         }
     }
-    tracing::info!(listener = %name, "listener stopped accepting");
+    tracing::info!(listener = %runtime.load().name, "listener stopped accepting");
 }
 
 /// An accepted connection, before its HTTP serving starts.
 struct Connection {
     peer: SocketAddr,
     shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    settings: ConnSettings,
+    conn: Arc<ConnRuntime>,
     drain: Drain,
-    _permit: OwnedSemaphorePermit,
+    _permit: ConnPermit,
     open: Gauge,
 }
 
@@ -282,12 +332,12 @@ impl Connection {
         let Connection {
             peer,
             shared,
-            builder,
-            settings,
+            conn: rt,
             drain,
             _permit,
             open,
         } = self;
+        let settings = &rt.settings;
         open.increment(1.0);
         let state = Arc::new(ConnState::new());
         let info = Arc::new(ConnInfo {
@@ -302,7 +352,7 @@ impl Connection {
             async move { Ok::<_, Infallible>(pipeline::handle(&shared, &info, req).await) }
         });
         let io = TokioIo::new(io::WatchedIo::new(stream, state.clone()));
-        let conn = builder.serve_connection(io, service);
+        let conn = rt.builder.serve_connection(io, service);
         let mut conn = std::pin::pin!(conn);
         let mut stop = drain.stop.clone();
         let header_ms = millis(settings.header_read_timeout);

@@ -184,17 +184,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ListenerTls {
+    /// `previous` is the listener's TLS before a reload: its ticket keys and
+    /// session cache carry over, so clients resume across the reload.
     pub fn new(
         listener: &str,
         settings: &ListenerTlsConfig,
         base_dir: PathBuf,
         material: &ListenerMaterial,
         metrics: &Arc<Metrics>,
+        previous: Option<&ListenerTls>,
     ) -> Result<Arc<ListenerTls>, String> {
-        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
-            .map_err(|e| format!("cannot create the TLS session ticketer: {e}"))?;
-        let sessions: Arc<dyn StoresServerSessions> =
-            ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+        let (ticketer, sessions) = match previous {
+            Some(p) => (p.ticketer.clone(), p.sessions.clone()),
+            None => (
+                rustls::crypto::aws_lc_rs::Ticketer::new()
+                    .map_err(|e| format!("cannot create the TLS session ticketer: {e}"))?,
+                ServerSessionMemoryCache::new(SESSION_CACHE_SIZE) as Arc<dyn StoresServerSessions>,
+            ),
+        };
         let config = server_config(settings, material, ticketer.clone(), sessions.clone())?;
         let label = [("listener", listener)];
         let m = TlsMetrics {
@@ -269,6 +276,21 @@ impl ListenerTls {
             .iter()
             .map(|c| (c.cert_path.clone(), c.info.clone()))
             .collect();
+    }
+
+    /// Whether this is what a reload asks for: same listener name and
+    /// settings, and the files still as served (then it is kept as is).
+    pub fn same_as(
+        &self,
+        listener: &str,
+        settings: &ListenerTlsConfig,
+        base_dir: &std::path::Path,
+        material: &ListenerMaterial,
+    ) -> bool {
+        *self.listener == *listener
+            && self.settings == *settings
+            && self.base_dir == base_dir
+            && lock(&self.watch).applied == material.digest
     }
 
     pub fn status(&self) -> TlsStatus {
@@ -447,17 +469,18 @@ fn subject_header(subject: &str) -> HeaderValue {
     })
 }
 
-/// Runs [`ListenerTls::check_files`] for every TLS listener once per
-/// [`WATCH_INTERVAL`]. File reads happen on the blocking pool.
-pub async fn watch(listeners: Vec<Arc<ListenerTls>>) {
-    if listeners.is_empty() {
-        return;
-    }
+/// Runs [`ListenerTls::check_files`] for every HTTPS listener running
+/// (the set changes with config reloads) once per [`WATCH_INTERVAL`]. File
+/// reads happen on the blocking pool.
+pub async fn watch(shared: Arc<crate::Shared>) {
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let listeners = listeners.clone();
+        let listeners = shared.listeners.tls();
+        if listeners.is_empty() {
+            continue;
+        }
         let _ = tokio::task::spawn_blocking(move || {
             for l in &listeners {
                 l.check_files();
