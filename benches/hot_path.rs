@@ -5,7 +5,6 @@
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
@@ -270,16 +269,126 @@ fn bench_config_load(c: &mut Criterion) {
     // Why: not a per-request cost. Loading runs at start and on every reload,
     // so this is a reference point: parse, `${VAR}` expansion, typed
     // deserialisation and validation of the repo's demo gateway.yaml.
+    // The demo config names dev certificates and a JWKS: make them.
     let text = include_str!("../gateway.yaml");
-    let load = || {
-        config::load_str(black_box(text), "gateway.yaml", PathBuf::from("."), &|_| {
-            None
-        })
-    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    portcullis::demo::ensure_dev_certs(&dir.path().join("certs")).expect("dev certs");
+    let base = dir.path().to_path_buf();
+    let load = || config::load_str(black_box(text), "gateway.yaml", base.clone(), &|_| None);
     if let Err(e) = load() {
         panic!("gateway.yaml does not load: {e}");
     }
     c.bench_function("config_load/gateway.yaml", |b| b.iter(|| load().is_ok()));
+}
+
+fn bench_jwt(c: &mut Criterion) {
+    // Why: every request on a route with `auth` pays this. "cold" is a
+    // full signature check (a token seen for the first time, or after a
+    // key change); "cached" is what a client reusing its token costs.
+    use portcullis::auth::keys::{KeySet, KeySource, KeyStore};
+    use portcullis::auth::JwtProvider;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = serde_json::json!({
+        "iss": "bench", "aud": "api", "sub": "user-1", "scope": "users:read",
+        "iat": now, "exp": now + 3600,
+    });
+    let rsa = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .expect("rsa key");
+    let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ec key");
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed key");
+    let cases: Vec<(
+        &str,
+        jsonwebtoken::Algorithm,
+        jsonwebtoken::EncodingKey,
+        jsonwebtoken::DecodingKey,
+    )> = vec![
+        (
+            "RS256",
+            jsonwebtoken::Algorithm::RS256,
+            jsonwebtoken::EncodingKey::from_rsa_pem(rsa.serialize_pem().as_bytes()).expect("rsa"),
+            jsonwebtoken::DecodingKey::from_rsa_pem(rsa.public_key_pem().as_bytes())
+                .expect("rsa pub"),
+        ),
+        (
+            "ES256",
+            jsonwebtoken::Algorithm::ES256,
+            jsonwebtoken::EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).expect("ec"),
+            jsonwebtoken::DecodingKey::from_ec_pem(ec.public_key_pem().as_bytes()).expect("ec pub"),
+        ),
+        (
+            "EdDSA",
+            jsonwebtoken::Algorithm::EdDSA,
+            jsonwebtoken::EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).expect("ed"),
+            jsonwebtoken::DecodingKey::from_ed_pem(ed.public_key_pem().as_bytes()).expect("ed pub"),
+        ),
+    ];
+    let metrics = portcullis::telemetry::Metrics::new();
+    let mut group = c.benchmark_group("jwt_verify");
+    for (name, alg, enc, dec) in cases {
+        let token =
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, &enc).expect("sign");
+        let set = KeySet {
+            generation: 1,
+            keys: vec![portcullis::auth::keys::Key {
+                kid: None,
+                alg: None,
+                decoding: dec,
+            }],
+            loaded_at_unix: 0,
+        };
+        let source = KeySource {
+            jwks_file: None,
+            secret: None,
+        };
+        let store = Arc::new(KeyStore::new("bench", source, Some(Arc::new(set))));
+        let yaml = format!(
+            "name: bench\nissuer: bench\naudiences: [api]\nalgorithms: [{name}]\n\
+             forward_claims: {{ sub: x-user-id }}\n"
+        );
+        let cfg: config::JwtProviderConfig =
+            serde_json::from_value(config::yaml::parse(&yaml).expect("yaml").0)
+                .expect("provider config");
+        let provider = JwtProvider::new(&cfg, store, &metrics);
+        let scopes = vec!["users:read".to_string()];
+        let scope_text: Arc<str> = Arc::from("users:read");
+        let request = || {
+            http::Request::get("/x")
+                .header("authorization", format!("Bearer {token}"))
+                .body(())
+                .expect("request")
+        };
+        let mut req = request();
+        provider
+            .authenticate(&mut req, &scopes, &scope_text)
+            .expect("the bench token verifies");
+        group.bench_function(BenchmarkId::new("cold", name), |b| {
+            b.iter_batched(
+                request,
+                |mut req| {
+                    provider.clear_cache();
+                    provider
+                        .authenticate(&mut req, &scopes, &scope_text)
+                        .is_ok()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        group.bench_function(BenchmarkId::new("cached", name), |b| {
+            b.iter_batched(
+                request,
+                |mut req| {
+                    provider
+                        .authenticate(&mut req, &scopes, &scope_text)
+                        .is_ok()
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(
@@ -287,6 +396,7 @@ criterion_group!(
     bench_route_match,
     bench_header_hygiene,
     bench_split,
-    bench_config_load
+    bench_config_load,
+    bench_jwt
 );
 criterion_main!(benches);

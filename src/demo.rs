@@ -83,19 +83,24 @@ async fn backend_answer(name: &str, req: Request<Incoming>) -> Response<Full<Byt
 }
 
 /// The dev certificate files `portcullis demo` keeps in `certs/`.
-pub const DEV_CERT_FILES: [&str; 6] = [
+pub const DEV_CERT_FILES: [&str; 8] = [
     "ca.crt",
     "ca.key",
     "localhost.crt",
     "localhost.key",
     "client.crt",
     "client.key",
+    "jwt-dev.key",
+    "jwks.json",
 ];
 
-/// Creates a dev CA, a `localhost`/`127.0.0.1`/`::1` server certificate and
-/// a client certificate (`CN=demo-client`) in `dir` unless they are all
-/// there and the server certificate is still valid for a week. Returns
-/// whether it wrote them.
+/// The demo's JWT signing key (in the certs directory).
+pub const DEV_JWT_KEY: &str = "jwt-dev.key";
+
+/// Creates a dev CA, a `localhost`/`127.0.0.1`/`::1` server certificate, a
+/// client certificate (`CN=demo-client`), a JWT signing key and the JWKS
+/// publishing it, in `dir`, unless they are all there and the server
+/// certificate is still valid for a week. Returns whether it wrote them.
 pub fn ensure_dev_certs(dir: &std::path::Path) -> std::io::Result<bool> {
     use crate::tls::{devcert::DevCa, files};
     let present = DEV_CERT_FILES.iter().all(|f| dir.join(f).is_file());
@@ -121,6 +126,10 @@ pub fn ensure_dev_certs(dir: &std::path::Path) -> std::io::Result<bool> {
         )
         .map_err(err)?;
     let client = ca.client_cert("demo-client", 365).map_err(err)?;
+    let jwt_key = crate::auth::token::generate_dev_key().map_err(std::io::Error::other)?;
+    let jwks = crate::auth::token::SigningKey::from_pem(&jwt_key)
+        .map_err(std::io::Error::other)?
+        .jwks();
     std::fs::create_dir_all(dir)?;
     for (name, text, secret) in [
         ("ca.crt", &ca.pem.cert, false),
@@ -129,6 +138,8 @@ pub fn ensure_dev_certs(dir: &std::path::Path) -> std::io::Result<bool> {
         ("localhost.key", &server.key, true),
         ("client.crt", &client.cert, false),
         ("client.key", &client.key, true),
+        (DEV_JWT_KEY, &jwt_key, true),
+        ("jwks.json", &jwks, false),
     ] {
         write_file(&dir.join(name), text.as_bytes(), secret)?;
     }
@@ -171,7 +182,14 @@ pub async fn spawn_backends(config: &Config) -> Result<Vec<(String, SocketAddr)>
 
 /// The commands printed when the demo is up: one `curl` per route, the
 /// admin endpoints, and a `wrk` run.
-pub fn commands(config: &Config, listeners: &[(String, SocketAddr)], admin: SocketAddr) -> String {
+///
+/// `token` is a fresh dev token for routes with `auth`.
+pub fn commands(
+    config: &Config,
+    listeners: &[(String, SocketAddr)],
+    admin: SocketAddr,
+    token: Option<&str>,
+) -> String {
     let is_tls = |name: &str| {
         config
             .listeners
@@ -201,6 +219,13 @@ pub fn commands(config: &Config, listeners: &[(String, SocketAddr)], admin: Sock
         for (k, v) in &m.headers {
             args.push_str(&format!(" -H '{k}: {}'", v.0));
         }
+        let needs_token = matches!(r.auth, Some(crate::config::RouteAuthConfig::Jwt { .. }));
+        if needs_token {
+            match token {
+                Some(t) => args.push_str(&format!(" -H 'Authorization: Bearer {t}'")),
+                None => continue,
+            }
+        }
         let method = m
             .methods
             .as_ref()
@@ -212,8 +237,13 @@ pub fn commands(config: &Config, listeners: &[(String, SocketAddr)], admin: Sock
         } else {
             format!(" -X {method}")
         };
+        let note = if needs_token {
+            " (JWT; without the header: 401. More tokens: portcullis token --sub alice --scope users:read)"
+        } else {
+            ""
+        };
         out.push_str(&format!(
-            "  # route `{}`\n  curl -si{method_arg}{args} {base}{path}\n\n",
+            "  # route `{}`{note}\n  curl -si{method_arg}{args} {base}{path}\n\n",
             r.name
         ));
         if wrk_path.is_none() && args.is_empty() && method == "GET" {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use crate::body::ResponseBody;
@@ -29,6 +29,15 @@ pub enum Reject {
     },
     #[error("upstream `{upstream}` did not answer within {timeout_ms} ms")]
     UpstreamTimeout { upstream: Arc<str>, timeout_ms: u64 },
+    /// No token (`problem` is `None`), or a token that is not valid.
+    #[error("{}", match problem { None => "this route needs a bearer token", Some(p) => p })]
+    Unauthorized { problem: Option<&'static str> },
+    /// A valid token without every scope the route needs.
+    #[error("the token lacks a scope this route needs: {scope}")]
+    Forbidden { scope: Arc<str> },
+    /// The route's JWT provider has no usable keys (our outage, not the client's).
+    #[error("the token cannot be checked now: provider `{provider}` has no usable keys")]
+    AuthUnavailable { provider: Arc<str> },
 }
 
 /// What went wrong talking to an upstream (for `detail` and logs).
@@ -53,14 +62,20 @@ impl std::fmt::Display for UpstreamFailure {
 
 /// Every error code, in a fixed order (the index of a code is used for
 /// per-route metric handle tables).
-pub const CODES: [&str; 6] = [
+pub const CODES: [&str; 9] = [
     "bad_request",
     "no_route",
     "payload_too_large",
     "headers_too_large",
     "bad_gateway",
     "upstream_timeout",
+    "unauthorized",
+    "forbidden",
+    "auth_unavailable",
 ];
+
+/// `Retry-After` for `auth_unavailable`: about when a key fetch is retried.
+const AUTH_RETRY_AFTER_SECS: &str = "5";
 
 impl Reject {
     /// The HTTP status. Exhaustive on purpose: a new variant must say its status.
@@ -72,6 +87,9 @@ impl Reject {
             Reject::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Reject::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Reject::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Reject::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -84,6 +102,9 @@ impl Reject {
             Reject::HeadersTooLarge { .. } => 3,
             Reject::BadGateway { .. } => 4,
             Reject::UpstreamTimeout { .. } => 5,
+            Reject::Unauthorized { .. } => 6,
+            Reject::Forbidden { .. } => 7,
+            Reject::AuthUnavailable { .. } => 8,
         }
     }
 
@@ -119,10 +140,36 @@ impl Reject {
         let body = serde_json::to_vec(&doc).unwrap_or_default();
         let mut resp = Response::new(ResponseBody::full(Bytes::from(body)));
         *resp.status_mut() = status;
-        resp.headers_mut().insert(
+        let headers = resp.headers_mut();
+        headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        // RFC 6750 §3: no error code when no token was sent; the
+        // description names the problem, never the token.
+        match self {
+            Reject::Unauthorized { problem: None } => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Reject::Unauthorized {
+                problem: Some(problem),
+            } => {
+                let v = format!("Bearer error=\"invalid_token\", error_description=\"{problem}\"");
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    headers.insert(WWW_AUTHENTICATE, v);
+                }
+            }
+            Reject::Forbidden { scope } => {
+                let v = format!("Bearer error=\"insufficient_scope\", scope=\"{scope}\"");
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    headers.insert(WWW_AUTHENTICATE, v);
+                }
+            }
+            Reject::AuthUnavailable { .. } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static(AUTH_RETRY_AFTER_SECS));
+            }
+            _ => {}
+        }
         resp
     }
 }
@@ -146,6 +193,13 @@ mod tests {
                 upstream: u,
                 timeout_ms: 5,
             },
+            Reject::Unauthorized { problem: None },
+            Reject::Forbidden {
+                scope: Arc::from("a"),
+            },
+            Reject::AuthUnavailable {
+                provider: Arc::from("p"),
+            },
         ]
     }
 
@@ -164,6 +218,9 @@ mod tests {
                 (431, "headers_too_large"),
                 (502, "bad_gateway"),
                 (504, "upstream_timeout"),
+                (401, "unauthorized"),
+                (403, "forbidden"),
+                (503, "auth_unavailable"),
             ]
         );
     }

@@ -11,6 +11,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod demo;
@@ -142,6 +143,7 @@ impl Gateway {
             }
         }));
         tasks.push(tokio::spawn(tls::listener::watch(shared.clone())));
+        tasks.push(tokio::spawn(auth::watch(shared.clone())));
         shared.ready.store(true, Ordering::Relaxed);
         Ok(RunningGateway {
             shared,

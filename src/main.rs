@@ -54,6 +54,24 @@ enum Command {
         #[arg(long)]
         no_watch: bool,
     },
+    /// Mint a signed dev JWT that the demo config accepts.
+    Token {
+        #[arg(long, default_value = "demo-user")]
+        sub: String,
+        /// Space-separated scopes, e.g. "users:read orders:write".
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Lifetime: 30m, 1h, 24h...
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// PEM private key (ECDSA P-256/P-384 or Ed25519).
+        #[arg(long, default_value = "certs/jwt-dev.key")]
+        key: PathBuf,
+        #[arg(long, default_value = portcullis::auth::token::DEMO_ISSUER)]
+        iss: String,
+        #[arg(long, default_value = portcullis::auth::token::DEMO_AUDIENCE)]
+        aud: String,
+    },
     /// Run one demo backend (JSON echo with /health), e.g. as a load-test upstream.
     Backend {
         #[arg(long)]
@@ -75,11 +93,48 @@ fn main() -> ExitCode {
         Command::Check { path, diff } => check(&path, diff.as_deref()),
         Command::Run { config, no_watch } => run(&config, cli.log_format, false, !no_watch),
         Command::Demo { config, no_watch } => run(&config, cli.log_format, true, !no_watch),
+        Command::Token {
+            sub,
+            scope,
+            ttl,
+            key,
+            iss,
+            aud,
+        } => token(&sub, &scope, &ttl, &key, &iss, &aud),
         Command::Backend {
             bind,
             name,
             workers,
         } => backend(bind, &name, workers),
+    }
+}
+
+fn token(sub: &str, scope: &str, ttl: &str, key: &Path, iss: &str, aud: &str) -> ExitCode {
+    let ttl = match portcullis::config::values::parse_duration(ttl) {
+        Ok(d) if d.as_secs() > 0 => d.as_secs(),
+        _ => {
+            eprintln!("portcullis token: --ttl must be a duration like 30m or 1h, not `{ttl}`");
+            return ExitCode::from(1);
+        }
+    };
+    let minted = std::fs::read_to_string(key)
+        .map_err(|e| {
+            format!(
+                "cannot read {}: {e} (`portcullis demo` creates the dev key)",
+                key.display()
+            )
+        })
+        .and_then(|pem| portcullis::auth::token::SigningKey::from_pem(&pem))
+        .and_then(|k| k.mint(sub, scope, ttl, iss, aud));
+    match minted {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis token: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -198,6 +253,24 @@ async fn serve(loaded: Loaded, demo: bool, watch: bool) -> ExitCode {
         }
     }
     let config = loaded.config.clone();
+    // A day-long token for the demo's protected routes.
+    let demo_token = if demo {
+        std::fs::read_to_string(loaded.base_dir.join("certs").join(demo::DEV_JWT_KEY))
+            .ok()
+            .and_then(|pem| portcullis::auth::token::SigningKey::from_pem(&pem).ok())
+            .and_then(|k| {
+                k.mint(
+                    "demo-user",
+                    "users:read",
+                    86_400,
+                    portcullis::auth::token::DEMO_ISSUER,
+                    portcullis::auth::token::DEMO_AUDIENCE,
+                )
+                .ok()
+            })
+    } else {
+        None
+    };
     let mut gateway = match Gateway::start(loaded).await {
         Ok(g) => g,
         Err(e) => {
@@ -210,7 +283,12 @@ async fn serve(loaded: Loaded, demo: bool, watch: bool) -> ExitCode {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         println!(
             "{}",
-            demo::commands(&config, &gateway.listeners(), gateway.admin_addr())
+            demo::commands(
+                &config,
+                &gateway.listeners(),
+                gateway.admin_addr(),
+                demo_token.as_deref()
+            )
         );
     }
     if watch {

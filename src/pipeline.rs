@@ -3,7 +3,8 @@
 //! | # | step | module | can answer |
 //! |---|------|--------|------------|
 //! | 1 | admit: request id, traceparent, head size, mTLS subject | `proxy`, `limits` | 431 `headers_too_large` |
-//! | 2 | route: host, path, method, headers; declared body size | `routing`, `limits` | 404 `no_route`, 400 `bad_request`, 413 `payload_too_large` |
+//! | 2 | route: host, path, method, headers | `routing` | 404 `no_route` |
+//! | 2b | authenticate: bearer token, scopes, forwarded claims; declared body size | `auth`, `limits` | 401 `unauthorized`, 403 `forbidden`, 503 `auth_unavailable`, 400 `bad_request`, 413 `payload_too_large` |
 //! | 3 | choose backend: weighted split, balancer | `routing::split`, `upstream` | |
 //! | 4 | rewrite: `strip_prefix`, header hygiene, `X-Forwarded-*` | `proxy` | |
 //! | 5 | forward: pooled connection, timeouts | `upstream` | 413 (body cut while streaming), 502 `bad_gateway`, 504 `upstream_timeout` |
@@ -135,6 +136,10 @@ fn admit_and_route(
     proxy::ensure_traceparent(req.headers_mut());
     // Before routing, so routes can match on the verified subject.
     proxy::set_client_cert_subject(req.headers_mut(), conn.client_cert_subject.as_ref());
+    // Claim headers only the gateway may set (from a verified token).
+    for h in &snap.claim_headers {
+        req.headers_mut().remove(h);
+    }
 
     // 2. route
     let host = routing::request_host(req.uri(), req.headers());
@@ -144,6 +149,12 @@ fn admit_and_route(
         .ok_or(Reject::NoRoute)?
         .clone();
     exchange.route = route.metrics.clone();
+
+    // 2b. authenticate
+    if let Some(auth) = &route.auth {
+        auth.provider
+            .authenticate(req, &auth.scopes, &auth.scope_text)?;
+    }
     limits::check_declared_body(req, &snap.limits)?;
 
     // 3. choose backend

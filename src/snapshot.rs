@@ -10,7 +10,10 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue, Method};
 
-use crate::config::{AdminConfig, ConfigError, ConfigErrors, Loaded, ServerConfig};
+use crate::auth::JwtProvider;
+use crate::config::{
+    AdminConfig, ConfigError, ConfigErrors, Loaded, RouteAuthConfig, ServerConfig,
+};
 use crate::limits::SizeLimits;
 use crate::routing::split::Split;
 use crate::routing::{Conditions, PathMatch, Router};
@@ -18,6 +21,14 @@ use crate::server::{ConnRuntime, ConnSettings};
 use crate::state::State;
 use crate::telemetry::RouteMetrics;
 use crate::upstream::Upstream;
+
+/// A route's JWT requirement.
+pub struct RouteAuth {
+    pub provider: Arc<JwtProvider>,
+    pub scopes: Vec<String>,
+    /// The scopes space-separated, for `WWW-Authenticate` and the problem.
+    pub scope_text: Arc<str>,
+}
 
 /// A route ready to serve.
 pub struct Route {
@@ -27,6 +38,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub strip_prefix: Option<String>,
     pub metrics: Arc<RouteMetrics>,
+    /// `None` for `auth: none` (or no `auth`).
+    pub auth: Option<RouteAuth>,
 }
 
 /// Everything a request needs from the config, compiled.
@@ -48,6 +61,9 @@ pub struct Snapshot {
     pub conn: Arc<ConnRuntime>,
     /// The config document as loaded, for the next reload's diff.
     pub raw: serde_json::Value,
+    /// Headers any provider forwards claims in: removed from every request
+    /// before routing, so clients cannot spoof them.
+    pub claim_headers: Vec<HeaderName>,
 }
 
 impl Snapshot {
@@ -88,6 +104,23 @@ impl Snapshot {
             });
             upstreams.insert(&u.name, upstream.clone());
             upstream_list.push(upstream);
+        }
+
+        let mut providers: HashMap<&str, Arc<JwtProvider>> = HashMap::new();
+        let mut claim_headers: Vec<HeaderName> = Vec::new();
+        for j in &config.jwt {
+            let store = state.key_store(
+                &j.name,
+                crate::auth::keys::source_for(j, &loaded.base_dir),
+                loaded.jwt_keys.get(&j.name).cloned(),
+            );
+            let provider = Arc::new(JwtProvider::new(j, store, &state.metrics));
+            for h in provider.forwarded_headers() {
+                if !claim_headers.contains(h) {
+                    claim_headers.push(h.clone());
+                }
+            }
+            providers.insert(&j.name, provider);
         }
 
         let mut router = Router::new();
@@ -141,6 +174,16 @@ impl Snapshot {
                 timeout: r.timeout.map(|t| t.0),
                 strip_prefix: r.strip_prefix.clone(),
                 metrics: state.route_metrics(&r.name),
+                auth: match &r.auth {
+                    Some(RouteAuthConfig::Jwt { jwt, scopes }) => {
+                        providers.get(jwt.as_str()).map(|p| RouteAuth {
+                            provider: p.clone(),
+                            scopes: scopes.clone(),
+                            scope_text: Arc::from(scopes.join(" ")),
+                        })
+                    }
+                    _ => None,
+                },
             };
             router.add(path, conditions, Arc::new(route));
         }
@@ -164,6 +207,7 @@ impl Snapshot {
             admin: config.admin.clone(),
             conn: Arc::new(ConnRuntime::new(ConnSettings::from_config(&config.server))),
             raw: loaded.raw.clone(),
+            claim_headers,
         })
     }
 }

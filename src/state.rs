@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::auth::keys::{KeySet, KeySource, KeyStore};
 use crate::telemetry::{Metrics, RouteMetrics, UpstreamMetrics};
 use crate::tls::UpstreamTls;
 use crate::upstream::{Endpoint, Pool};
@@ -19,6 +20,7 @@ pub struct State {
     pools: Mutex<HashMap<String, Arc<Pool>>>,
     endpoints: Mutex<HashMap<(String, String), Arc<Endpoint>>>,
     routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
+    key_stores: Mutex<HashMap<String, Arc<KeyStore>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -34,6 +36,7 @@ impl State {
             pools: Mutex::default(),
             endpoints: Mutex::default(),
             routes: Mutex::default(),
+            key_stores: Mutex::default(),
         }
     }
 
@@ -78,6 +81,34 @@ impl State {
         Ok(e)
     }
 
+    /// The key store of JWT provider `name`, with `keys` (just loaded by
+    /// the config loader) as its current keys. Kept across reloads while the
+    /// key source stays the same.
+    pub fn key_store(
+        &self,
+        name: &str,
+        source: KeySource,
+        keys: Option<Arc<KeySet>>,
+    ) -> Arc<KeyStore> {
+        let mut stores = lock(&self.key_stores);
+        if let Some(s) = stores.get(name) {
+            if s.source == source {
+                if let Some(k) = keys {
+                    s.replace(k);
+                }
+                return s.clone();
+            }
+        }
+        let store = Arc::new(KeyStore::new(name, source, keys));
+        stores.insert(name.to_string(), store.clone());
+        store
+    }
+
+    /// Every JWT provider's key store (for the JWKS watcher).
+    pub fn key_stores(&self) -> Vec<Arc<KeyStore>> {
+        lock(&self.key_stores).values().cloned().collect()
+    }
+
     /// Forgets everything `config` no longer names. Snapshots still in use
     /// keep their `Arc`s until their last request ends; then idle pooled
     /// connections of removed upstreams close.
@@ -92,6 +123,7 @@ impl State {
         });
         lock(&self.routes)
             .retain(|name, _| name.is_empty() || config.routes.iter().any(|r| r.name == *name));
+        lock(&self.key_stores).retain(|name, _| config.jwt.iter().any(|j| j.name == *name));
     }
 
     /// Metric handles for route `name` ("" for unrouted requests).

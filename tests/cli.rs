@@ -58,7 +58,7 @@ fn check_accepts_the_repos_gateway_yaml_once_the_demo_made_its_certs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("ok: 2 listener(s), 3 upstream(s), 4 route(s)"),
+        stdout.contains("ok: 2 listener(s), 3 upstream(s), 5 route(s)"),
         "{stdout}"
     );
 }
@@ -530,4 +530,142 @@ fn check_diff_prints_what_a_reload_would_change() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+}
+
+#[test]
+fn check_reports_jwt_problems_with_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("junk.json"), "{\"keys\": 7}").unwrap();
+    let path = write_config(
+        &dir,
+        "jwt.yaml",
+        "\
+listeners: [{ name: http, bind: '127.0.0.1:8080' }]
+jwt:
+  - name: main
+    algorithms: [RS256, none, HS256, XS999]
+    jwks_file: missing.json
+  - name: junk
+    algorithms: [ES256]
+    jwks_file: junk.json
+  - name: hmac
+    algorithms: [ES256]
+    secret: short
+upstreams: [{ name: u, endpoints: ['127.0.0.1:9000'] }]
+routes:
+  - { name: r, match: { path_prefix: / }, upstream: u, auth: { jwt: mian } }
+",
+    );
+    let run = || {
+        Command::new(BIN)
+            .args(["check", path.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    for expected in [
+        format!("{file}:4:25: `none` is never accepted"),
+        format!("{file}:4:31: HS256 needs `secret`"),
+        format!("{file}:4:38: unknown algorithm `XS999`"),
+        format!("{file}:11:5: `secret` is only used by HS256/384/512"),
+        format!("{file}:10:18: ES256 needs public keys: set `jwks_file`"),
+        format!("{file}:11:13: an HMAC secret must be at least 32 bytes"),
+        format!("{file}:14:69: unknown JWT provider `mian`, did you mean `main`?"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
+    }
+    // Files are read once the rest is valid: fix the rest, see the files.
+    let fixed = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[RS256, none, HS256, XS999]", "[RS256]")
+        .replace(
+            "algorithms: [ES256]\n    secret: short",
+            "algorithms: [HS256]\n    secret: '0123456789abcdef0123456789abcdef'",
+        )
+        .replace("jwt: mian", "jwt: main");
+    std::fs::write(&path, fixed).unwrap();
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}:5:16: cannot read JWKS")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{file}:8:16: `"))
+            && stderr.contains("not a JWKS: no `keys` array"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn portcullis_token_mints_what_the_demo_provider_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    portcullis::demo::ensure_dev_certs(&certs).unwrap();
+    let key = certs.join("jwt-dev.key");
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--sub",
+            "alice",
+            "--scope",
+            "users:read",
+            "--ttl",
+            "10m",
+        ])
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+
+    let up = spawn_upstream("up").await;
+    let yaml = format!(
+        "listeners: [{{ name: http, bind: '127.0.0.1:0' }}]\nadmin: {{ bind: '127.0.0.1:0' }}\n\
+         server: {{ access_log: false }}\n\
+         jwt: [{{ name: demo, issuer: portcullis-demo, audiences: [demo], algorithms: [ES256], jwks_file: '{}', forward_claims: {{ sub: x-user-id }} }}]\n\
+         upstreams: [{{ name: up, endpoints: ['{}'] }}]\n\
+         routes: [{{ name: me, match: {{ path_prefix: / }}, upstream: up, auth: {{ jwt: demo, scopes: ['users:read'] }} }}]\n",
+        certs.join("jwks.json").display(),
+        up.addr
+    );
+    let gw = start_gateway(&yaml).await;
+    let req = http::Request::get(format!("http://{}/me", gw.addr("http").unwrap()))
+        .header("authorization", format!("Bearer {token}"))
+        .body(empty())
+        .unwrap();
+    let a = send(&http1_client(), req).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let seen = up.seen.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(seen["x-user-id"], "alice");
+
+    // Bad input: a clear message, exit 1.
+    let out = Command::new(BIN)
+        .args(["token", "--ttl", "soon"])
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ttl must be a duration"));
+    let out = Command::new(BIN)
+        .args(["token", "--key", "/nonexistent.key"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`portcullis demo` creates the dev key"));
 }

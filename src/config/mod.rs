@@ -30,9 +30,88 @@ pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
     #[serde(default)]
+    pub jwt: Vec<JwtProviderConfig>,
+    #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+}
+
+/// One JWT provider (`jwt[]`): who issues tokens and with which keys.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProviderConfig {
+    pub name: String,
+    /// Required `iss`; not checked when absent.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// `aud` must name one of these; not checked when empty.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Accepted `alg` values; `none` never is.
+    pub algorithms: Vec<String>,
+    /// A JWKS document with the provider's public keys.
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// How often `jwks_file` is looked at again (and `jwks_url` re-fetched).
+    #[serde(default = "default_jwks_refresh")]
+    pub refresh: Dur,
+    /// HMAC secret for HS256/384/512.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway")]
+    pub leeway: Dur,
+    /// Claim → header sent upstream.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// Also look for the token in this cookie (added to the contract).
+    #[serde(default)]
+    pub token_cookie: Option<String>,
+    /// Also look for the token in this query parameter (added to the contract).
+    #[serde(default)]
+    pub token_query: Option<String>,
+}
+
+fn default_jwks_refresh() -> Dur {
+    Dur::secs(300)
+}
+fn default_leeway() -> Dur {
+    Dur::secs(30)
+}
+
+/// A route's `auth`: `none`, or `{ jwt: PROVIDER, scopes: [...] }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAuthConfig {
+    None,
+    Jwt { jwt: String, scopes: Vec<String> },
+}
+
+impl<'de> Deserialize<'de> for RouteAuthConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Jwt {
+            jwt: String,
+            #[serde(default)]
+            scopes: Vec<String>,
+        }
+        match Value::deserialize(d)? {
+            Value::String(s) if s == "none" => Ok(RouteAuthConfig::None),
+            v @ Value::Object(_) => {
+                let j: Jwt = serde_json::from_value(v).map_err(serde::de::Error::custom)?;
+                Ok(RouteAuthConfig::Jwt {
+                    jwt: j.jwt,
+                    scopes: j.scopes,
+                })
+            }
+            _ => Err(serde::de::Error::custom(
+                "auth must be `none` or `{ jwt: PROVIDER, scopes: [...] }`",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,6 +330,9 @@ pub struct RouteConfig {
     pub timeout: Option<Dur>,
     #[serde(default)]
     pub strip_prefix: Option<String>,
+    /// No `auth` is the same as `auth: none`.
+    #[serde(default)]
+    pub auth: Option<RouteAuthConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -345,6 +427,8 @@ pub struct Loaded {
     pub raw: Value,
     /// Certificates, keys and CA bundles the config names, read and checked.
     pub tls: crate::tls::TlsMaterial,
+    /// Each JWT provider's keys, read and checked.
+    pub jwt_keys: std::collections::HashMap<String, std::sync::Arc<crate::auth::keys::KeySet>>,
     /// Problems that do not stop the config (an expired certificate), in
     /// the same `PATH:LINE:COL` form as errors.
     pub warnings: Vec<ConfigError>,
@@ -397,6 +481,7 @@ pub fn load_str(
     let raw = value.clone();
     let typed = deserialize_all(value, &positions, &err, &mut errors);
     let mut tls = crate::tls::TlsMaterial::default();
+    let mut jwt_keys = std::collections::HashMap::new();
     let mut warnings = Vec::new();
     if let Some(config) = &typed {
         // A node already reported (bad value, unset variable) is not
@@ -438,6 +523,16 @@ pub fn load_str(
                     warnings.push(err(at(path, at_key), path, msg));
                 },
             );
+            jwt_keys = crate::auth::keys::load_all(
+                config,
+                &base_dir,
+                &mut |path: &str, at_key: bool, msg: String| {
+                    file_errors.push(err(at(path, at_key), path, msg));
+                },
+                &mut |path: &str, at_key: bool, msg: String| {
+                    warnings.push(err(at(path, at_key), path, msg));
+                },
+            );
             errors.extend(file_errors);
         }
     }
@@ -456,6 +551,7 @@ pub fn load_str(
         path: None,
         raw,
         tls,
+        jwt_keys,
         warnings,
     })
 }
@@ -554,13 +650,11 @@ fn unknown_key_message(path: &str) -> String {
     const PLANNED: &[&str] = &[
         "shedding",
         "versioning",
-        "jwt",
         "rate_limits",
         "max_in_flight",
         "health_check",
         "circuit_breaker",
         "retry",
-        "auth",
         "rate_limit",
         "priority",
         "deprecation",

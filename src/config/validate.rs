@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use super::{Config, ListenerTlsConfig, MatchConfig, RouteConfig};
+use super::{
+    Config, JwtProviderConfig, ListenerTlsConfig, MatchConfig, RouteAuthConfig, RouteConfig,
+};
 
 /// `report(path, at_key, message)`; `at_key` points the position at the key
 /// rather than the value.
@@ -112,6 +114,32 @@ pub fn validate(config: &Config, report: &mut Report<'_>) {
         }
     }
 
+    unique_names(config.jwt.iter().map(|j| j.name.as_str()), "jwt", report);
+    for (i, j) in config.jwt.iter().enumerate() {
+        validate_jwt(j, &format!("jwt[{i}]"), report);
+    }
+    let providers: Vec<&str> = config.jwt.iter().map(|j| j.name.as_str()).collect();
+    for (i, r) in config.routes.iter().enumerate() {
+        if let Some(RouteAuthConfig::Jwt { jwt, scopes }) = &r.auth {
+            if !providers.contains(&jwt.as_str()) {
+                report(
+                    &format!("routes[{i}].auth.jwt"),
+                    false,
+                    format!("unknown JWT provider `{jwt}`{}", suggest(jwt, &providers)),
+                );
+            }
+            for (k, scope) in scopes.iter().enumerate() {
+                if scope.is_empty() || scope.contains(char::is_whitespace) {
+                    report(
+                        &format!("routes[{i}].auth.scopes[{k}]"),
+                        false,
+                        "a scope is one non-empty word".into(),
+                    );
+                }
+            }
+        }
+    }
+
     let upstream_names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
     unique_names(
         config.routes.iter().map(|r| r.name.as_str()),
@@ -147,6 +175,105 @@ fn validate_listener_tls(tls: &ListenerTlsConfig, path: &str, report: &mut Repor
             false,
             "must be more than 0".into(),
         );
+    }
+}
+
+fn validate_jwt(j: &JwtProviderConfig, path: &str, report: &mut Report<'_>) {
+    if j.algorithms.is_empty() {
+        report(
+            &format!("{path}.algorithms"),
+            false,
+            "list the algorithms tokens may use, e.g. [RS256, ES256]".into(),
+        );
+    }
+    let mut any_hmac = false;
+    for (k, name) in j.algorithms.iter().enumerate() {
+        let at = format!("{path}.algorithms[{k}]");
+        if name.eq_ignore_ascii_case("none") {
+            report(
+                &at,
+                false,
+                "`none` is never accepted: unsigned tokens prove nothing".into(),
+            );
+            continue;
+        }
+        let Some(alg) = crate::auth::parse_algorithm(name) else {
+            report(
+                &at,
+                false,
+                format!(
+                    "unknown algorithm `{name}`; expected one of HS256, HS384, HS512, RS256, RS384, \
+                     RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"
+                ),
+            );
+            continue;
+        };
+        if alg.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+            any_hmac = true;
+            if j.secret.is_none() {
+                report(
+                    &at,
+                    false,
+                    format!("{name} needs `secret` (the shared HMAC key)"),
+                );
+            }
+        } else if j.jwks_file.is_none() && j.jwks_url.is_none() {
+            report(
+                &at,
+                false,
+                format!("{name} needs public keys: set `jwks_file`"),
+            );
+        }
+    }
+    if j.secret.is_some() && !any_hmac && !j.algorithms.is_empty() {
+        report(
+            &format!("{path}.secret"),
+            true,
+            "`secret` is only used by HS256/384/512, and `algorithms` lists none of them".into(),
+        );
+    }
+    if j.secret.as_deref().is_some_and(|s| s.len() < 32) {
+        report(
+            &format!("{path}.secret"),
+            false,
+            "an HMAC secret must be at least 32 bytes (RFC 7518 §3.2 asks for the hash size)"
+                .into(),
+        );
+    }
+    if j.jwks_url.is_some() {
+        report(
+            &format!("{path}.jwks_url"),
+            true,
+            "`jwks_url` is part of the Portcullis contract but not supported by this build yet; \
+             use `jwks_file` (it is re-read when it changes)"
+                .into(),
+        );
+    }
+    if j.jwks_file.is_some() && j.jwks_url.is_some() {
+        report(
+            &format!("{path}.jwks_url"),
+            true,
+            "use either `jwks_file` or `jwks_url`, not both".into(),
+        );
+    }
+    if j.refresh.0.is_zero() {
+        report(
+            &format!("{path}.refresh"),
+            false,
+            "must be more than 0".into(),
+        );
+    }
+    if j.leeway.0 > std::time::Duration::from_secs(600) {
+        report(&format!("{path}.leeway"), false, "at most 10m".into());
+    }
+    for (claim, header) in &j.forward_claims {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            report(
+                &format!("{path}.forward_claims.{claim}"),
+                false,
+                format!("`{header}` is not a valid header name"),
+            );
+        }
     }
 }
 

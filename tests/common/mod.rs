@@ -577,3 +577,4 @@ pub async fn spawn_tls_upstream(name: &'static str, pair: &PemPair) -> Upstream 
     });
     Upstream { addr, name, seen }
 }
+pub mod jwt;
