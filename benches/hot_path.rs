@@ -339,10 +339,7 @@ fn bench_jwt(c: &mut Criterion) {
             }],
             loaded_at_unix: 0,
         };
-        let source = KeySource {
-            jwks_file: None,
-            secret: None,
-        };
+        let source = KeySource::default();
         let store = Arc::new(KeyStore::new("bench", source, Some(Arc::new(set))));
         let yaml = format!(
             "name: bench\nissuer: bench\naudiences: [api]\nalgorithms: [{name}]\n\

@@ -97,7 +97,7 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/health/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
         "/health/ready" => {
-            if shared.is_ready() {
+            if shared.is_ready() && shared.state.keys_ready() {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
                 reply(

@@ -104,6 +104,13 @@ impl State {
         store
     }
 
+    /// False while a provider with `ready_needs_keys` has no keys yet.
+    pub fn keys_ready(&self) -> bool {
+        lock(&self.key_stores)
+            .values()
+            .all(|s| !s.source.ready_needs_keys || s.current().is_some())
+    }
+
     /// Every JWT provider's key store (for the JWKS watcher).
     pub fn key_stores(&self) -> Vec<Arc<KeyStore>> {
         lock(&self.key_stores).values().cloned().collect()

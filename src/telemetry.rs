@@ -28,6 +28,7 @@ pub const OPEN_CONNECTIONS: &str = "portcullis_open_connections";
 pub const CONFIG_GENERATION: &str = "portcullis_config_generation";
 pub const CONFIG_RELOADS_TOTAL: &str = "portcullis_config_reloads_total";
 pub const JWT_VALIDATIONS_TOTAL: &str = "portcullis_jwt_validations_total";
+pub const JWKS_FETCHES_TOTAL: &str = "portcullis_jwks_fetches_total";
 pub const JWT_KEYS_AGE_SECONDS: &str = "portcullis_jwt_keys_age_seconds";
 pub const TLS_HANDSHAKES_TOTAL: &str = "portcullis_tls_handshakes_total";
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "portcullis_tls_handshake_errors_total";

@@ -409,3 +409,134 @@ async fn verified_tokens_are_cached_until_they_expire() {
         "expired in cache",
     );
 }
+
+/// A JWKS server on 127.0.0.1: serves `body` with `status`, counts GETs.
+struct Idp {
+    addr: std::net::SocketAddr,
+    state: std::sync::Arc<std::sync::Mutex<(u16, String)>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Idp {
+    async fn start(body: String) -> Idp {
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new((200u16, body)));
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, h) = (state.clone(), hits.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (s, h) = (s.clone(), h.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let (status, body) = s.lock().unwrap().clone();
+                        async move {
+                            let mut r = http::Response::new(full(body));
+                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+                });
+            }
+        });
+        Idp { addr, state, hits }
+    }
+
+    fn set(&self, status: u16, body: &str) {
+        *self.state.lock().unwrap() = (status, body.to_string());
+    }
+}
+
+async fn wait_status(gw: &RunningGateway, token: &str, want: u16, within: Duration) -> Answer {
+    let start = Instant::now();
+    loop {
+        let a = with_token(gw, "/read/x", token).await;
+        if a.status == want {
+            return a;
+        }
+        assert!(
+            start.elapsed() < within,
+            "still {} ({}) after {within:?}",
+            a.status,
+            a.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn jwks_url_keys_load_rotate_on_unknown_kid_and_survive_an_idp_outage() {
+    let up = spawn_upstream("up").await;
+    let first = Signer::ec256("u1");
+    let idp = Idp::start(String::new()).await;
+    idp.set(500, "down");
+    let yaml = format!(
+        "listeners: [{{ name: http, bind: '127.0.0.1:0' }}]\nadmin: {{ bind: '127.0.0.1:0' }}\n\
+         server: {{ access_log: false }}\n\
+         jwt:\n  - {{ name: main, issuer: test-issuer, audiences: [api], algorithms: [ES256],\n\
+         \x20     jwks_url: 'http://{}/jwks', refresh: 1s, max_key_age: 1h, ready_needs_keys: true }}\n\
+         upstreams: [{{ name: up, endpoints: ['{}'] }}]\n\
+         routes: [{{ name: read, match: {{ path_prefix: /read }}, upstream: up, auth: {{ jwt: main, scopes: ['users:read'] }} }}]\n",
+        idp.addr, up.addr
+    );
+    let gw = start_gateway(&yaml).await;
+    let token = first.sign("ES256", &claims("u", "users:read"));
+
+    // The identity provider is down and no keys were ever loaded: our
+    // outage, not the client's: 503 with Retry-After, and not ready.
+    let a = wait_status(&gw, &token, 503, Duration::from_secs(3)).await;
+    assert_eq!(a.json()["error"], "auth_unavailable");
+    assert!(a.headers.contains_key("retry-after"));
+    assert_eq!(admin(&gw, "/health/ready").await.status, 503);
+
+    // It comes back: keys load within the retry interval; ready.
+    idp.set(200, &jwks(&[(&first, None)]));
+    wait_status(&gw, &token, 200, Duration::from_secs(5)).await;
+    assert_eq!(admin(&gw, "/health/ready").await.status, 200);
+
+    // Junk and outages after that keep the last good keys.
+    idp.set(200, "<html>oops</html>");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    idp.set(503, "");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(with_token(&gw, "/read/x", &token).await.status, 200);
+    let m = admin(&gw, "/metrics").await.body;
+    assert!(
+        metric(
+            &m,
+            "portcullis_jwks_fetches_total{provider=\"main\",result=\"error\"}"
+        ) >= 3.0,
+        "{m}"
+    );
+
+    // Rotation: a token with a new kid triggers a fetch at once (the
+    // refresh is slow here), and is accepted right after.
+    let yaml_slow = yaml.replace("refresh: 1s", "refresh: 1h");
+    drop(gw);
+    idp.set(200, &jwks(&[(&first, None)]));
+    let gw = start_gateway(&yaml_slow).await;
+    wait_status(&gw, &token, 200, Duration::from_secs(5)).await;
+    let second = Signer::ec256("u2");
+    idp.set(200, &jwks(&[(&first, None), (&second, None)]));
+    let new_token = second.sign("ES256", &claims("v", "users:read"));
+    let hits_before = idp.hits.load(Ordering::SeqCst);
+    assert_invalid(
+        &with_token(&gw, "/read/x", &new_token).await,
+        "unknown key id",
+        "not fetched yet",
+    );
+    wait_status(&gw, &new_token, 200, Duration::from_secs(3)).await;
+    assert_eq!(
+        idp.hits.load(Ordering::SeqCst),
+        hits_before + 1,
+        "one fetch per kid miss"
+    );
+}

@@ -122,16 +122,30 @@ fn parse_key(item: &Value) -> Result<Option<Key>, String> {
 }
 
 /// Where a provider's keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeySource {
     pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
     pub secret: Option<String>,
+    /// With `jwks_url`: how often keys are fetched again.
+    pub refresh: std::time::Duration,
+    /// With `jwks_url`: how long the last good keys serve while fetches fail.
+    pub max_key_age: std::time::Duration,
+    /// Readiness waits for the first keys.
+    pub ready_needs_keys: bool,
 }
 
 impl KeySource {
     /// Loads the keys now (the same code `check`, start, reload and the
-    /// watcher use).
-    pub fn load(&self) -> Result<(KeySet, Vec<String>), String> {
+    /// watcher use). A `jwks_url` provider has none until its first fetch.
+    pub fn load(&self) -> Result<Option<(KeySet, Vec<String>)>, String> {
+        if self.jwks_url.is_some() {
+            return Ok(None);
+        }
+        self.load_local().map(Some)
+    }
+
+    fn load_local(&self) -> Result<(KeySet, Vec<String>), String> {
         match &self.jwks_file {
             Some(path) => {
                 let bytes = std::fs::read(path)
@@ -158,7 +172,22 @@ pub struct KeyStore {
     /// Digest of the JWKS file as loaded, and one seen but not yet settled.
     watch: Mutex<([u8; 32], Option<[u8; 32]>)>,
     pub provider: Arc<str>,
+    /// `jwks_url` fetching: when the last attempt started, whether one is
+    /// running, and whether a token named an unknown `kid`.
+    last_fetch: Mutex<Option<std::time::Instant>>,
+    fetching: std::sync::atomic::AtomicBool,
+    kid_miss: std::sync::atomic::AtomicBool,
 }
+
+/// After a token names an unknown `kid`, the JWKS is fetched again at once,
+/// but not more often than this: however many unknown kids clients send
+/// (an attacker can send any), the identity provider sees at most one
+/// extra request per second from each gateway.
+pub const KID_MISS_REFETCH: std::time::Duration = std::time::Duration::from_secs(1);
+/// While a provider has no keys, fetches are retried this often.
+pub const EMPTY_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+/// A JWKS response larger than this is refused.
+pub const MAX_JWKS_BYTES: usize = 1 << 20;
 
 impl KeyStore {
     pub fn new(provider: &str, source: KeySource, initial: Option<Arc<KeySet>>) -> KeyStore {
@@ -168,11 +197,74 @@ impl KeyStore {
             keys: ArcSwapOption::new(initial),
             watch: Mutex::new((digest, None)),
             provider: Arc::from(provider),
+            last_fetch: Mutex::new(None),
+            fetching: std::sync::atomic::AtomicBool::new(false),
+            kid_miss: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     pub fn current(&self) -> Option<Arc<KeySet>> {
         self.keys.load_full()
+    }
+
+    /// The keys to verify with now: `None` while there are none, or (with
+    /// `jwks_url`) when the last good ones are older than `max_key_age`.
+    pub fn usable(&self) -> Option<Arc<KeySet>> {
+        let keys = self.keys.load_full()?;
+        if self.source.jwks_url.is_some() {
+            let age = unix_now().saturating_sub(keys.loaded_at_unix);
+            if u64::try_from(age).unwrap_or(0) > self.source.max_key_age.as_secs() {
+                return None;
+            }
+        }
+        Some(keys)
+    }
+
+    /// A token named a `kid` these keys lack: fetch again soon.
+    pub fn kid_missed(&self) {
+        if self.source.jwks_url.is_some() {
+            self.kid_miss.store(true, Ordering::Relaxed);
+            wake_fetcher();
+        }
+    }
+
+    /// Whether a `jwks_url` fetch is due now.
+    pub fn fetch_due(&self, now: std::time::Instant) -> bool {
+        if self.source.jwks_url.is_none() || self.fetching.load(Ordering::Relaxed) {
+            return false;
+        }
+        let last = *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(last) = last else { return true };
+        let since = now.saturating_duration_since(last);
+        if self.keys.load().is_none() {
+            return since >= EMPTY_RETRY;
+        }
+        (self.kid_miss.load(Ordering::Relaxed) && since >= KID_MISS_REFETCH)
+            || since >= self.source.refresh
+    }
+
+    /// Fetches the JWKS from `jwks_url` and serves it if it is good; a
+    /// failure keeps the last good keys.
+    pub async fn fetch(&self, client: &JwksClient) -> Result<usize, String> {
+        let Some(url) = &self.source.jwks_url else {
+            return Ok(0);
+        };
+        self.fetching.store(true, Ordering::Relaxed);
+        *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now());
+        self.kid_miss.store(false, Ordering::Relaxed);
+        let result = client.get(url).await.and_then(|body| {
+            KeySet::from_jwks(&body, self.source.secret.as_deref())
+                .map_err(|e| format!("{url}: {e}"))
+        });
+        self.fetching.store(false, Ordering::Relaxed);
+        let (set, skipped) = result?;
+        for s in skipped {
+            tracing::warn!(provider = %self.provider, "{s}");
+        }
+        let n = set.keys.len();
+        self.keys.store(Some(Arc::new(set)));
+        Ok(n)
     }
 
     /// Serves `keys` from now on (a reload read the file again).
@@ -200,7 +292,7 @@ impl KeyStore {
             }
             *w = (digest, None);
         }
-        Some(match self.source.load() {
+        Some(match self.source.load_local() {
             Ok((set, skipped)) => {
                 for s in skipped {
                     tracing::warn!(provider = %self.provider, "{s}");
@@ -218,7 +310,11 @@ impl KeyStore {
 pub fn source_for(config: &crate::config::JwtProviderConfig, base_dir: &Path) -> KeySource {
     KeySource {
         jwks_file: config.jwks_file.as_ref().map(|f| base_dir.join(f)),
+        jwks_url: config.jwks_url.clone(),
         secret: config.secret.clone(),
+        refresh: config.refresh.0,
+        max_key_age: config.max_key_age.0,
+        ready_needs_keys: config.ready_needs_keys,
     }
 }
 
@@ -234,14 +330,100 @@ pub fn load_all(
     for (i, j) in config.jwt.iter().enumerate() {
         let at = format!("jwt[{i}].jwks_file");
         match source_for(j, base_dir).load() {
-            Ok((set, skipped)) => {
+            Ok(Some((set, skipped))) => {
                 for s in skipped {
                     warn(&at, false, format!("warning: {s}"));
                 }
                 out.insert(j.name.clone(), Arc::new(set));
             }
+            // Fetched at run time; `check` does not need the network.
+            Ok(None) => {}
             Err(e) => report(&at, false, e),
         }
     }
     out
+}
+
+/// Wakes the JWKS fetcher (a token named an unknown `kid`).
+pub fn wake_fetcher() {
+    fetcher_wakeup().notify_one();
+}
+
+pub fn fetcher_wakeup() -> &'static tokio::sync::Notify {
+    static NOTIFY: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
+    NOTIFY.get_or_init(tokio::sync::Notify::new)
+}
+
+/// How long one JWKS fetch may take, connect to last byte.
+pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An HTTP(S) client for JWKS documents (system roots for HTTPS).
+pub struct JwksClient {
+    client: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        http_body_util::Empty<bytes::Bytes>,
+    >,
+}
+
+impl JwksClient {
+    pub fn new() -> JwksClient {
+        let roots =
+            crate::tls::files::system_roots().unwrap_or_else(|_| rustls::RootCertStore::empty());
+        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+            .unwrap_or_else(|_| {
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            });
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(FETCH_TIMEOUT));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        JwksClient {
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build(connector),
+        }
+    }
+
+    /// GETs `url`: a 2xx answer's body, at most [`MAX_JWKS_BYTES`], within
+    /// [`FETCH_TIMEOUT`].
+    pub async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
+        use http_body_util::BodyExt;
+        let req = http::Request::get(url)
+            .header(http::header::ACCEPT, "application/json")
+            .body(http_body_util::Empty::new())
+            .map_err(|e| format!("{url}: {e}"))?;
+        let fetch = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            if !resp.status().is_success() {
+                return Err(format!("{url}: answered {}", resp.status()));
+            }
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_JWKS_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("{url}: {e} (at most {MAX_JWKS_BYTES} bytes)"))?;
+            Ok(body.to_bytes().to_vec())
+        };
+        tokio::time::timeout(FETCH_TIMEOUT, fetch)
+            .await
+            .map_err(|_| format!("{url}: no complete answer within {FETCH_TIMEOUT:?}"))?
+    }
+}
+
+impl Default for JwksClient {
+    fn default() -> Self {
+        JwksClient::new()
+    }
 }

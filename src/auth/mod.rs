@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::JwtProviderConfig;
 use crate::error::Reject;
-use crate::telemetry::{Metrics, JWT_KEYS_AGE_SECONDS, JWT_VALIDATIONS_TOTAL};
+use crate::telemetry::{Metrics, JWKS_FETCHES_TOTAL, JWT_KEYS_AGE_SECONDS, JWT_VALIDATIONS_TOTAL};
 use keys::KeyStore;
 
 /// Tokens longer than this are refused before any parsing.
@@ -249,7 +249,7 @@ impl JwtProvider {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(bad("token too large"));
         }
-        let Some(keys) = self.keys.current() else {
+        let Some(keys) = self.keys.usable() else {
             return Err(Reject::AuthUnavailable {
                 provider: self.name.clone(),
             });
@@ -283,6 +283,9 @@ impl JwtProvider {
             .filter(|k| kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
             .peekable();
         if candidates.peek().is_none() {
+            if kid.is_some() {
+                self.keys.kid_missed();
+            }
             return Err(bad(if kid.is_some() {
                 "unknown key id"
             } else {
@@ -423,11 +426,46 @@ impl KeyAge {
 pub async fn watch(shared: Arc<crate::Shared>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let client = Arc::new(keys::JwksClient::new());
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = keys::fetcher_wakeup().notified() => {}
+        }
         let stores = shared.state.key_stores();
         if stores.is_empty() {
             continue;
+        }
+        // jwks_url: each due fetch runs on its own, so a slow identity
+        // provider delays nobody else.
+        let now = std::time::Instant::now();
+        for store in stores.iter().filter(|s| s.fetch_due(now)) {
+            let (store, client) = (store.clone(), client.clone());
+            let failures = shared.metrics.counter(
+                JWKS_FETCHES_TOTAL,
+                &[("provider", &store.provider), ("result", "error")],
+            );
+            let oks = shared.metrics.counter(
+                JWKS_FETCHES_TOTAL,
+                &[("provider", &store.provider), ("result", "ok")],
+            );
+            tokio::spawn(async move {
+                match store.fetch(&client).await {
+                    Ok(n) => {
+                        oks.increment(1);
+                        tracing::info!(provider = %store.provider, keys = n, "JWKS fetched");
+                    }
+                    Err(e) => {
+                        failures.increment(1);
+                        let kept = if store.current().is_some() {
+                            "keeping the last good keys"
+                        } else {
+                            "no keys yet: requests get 503 auth_unavailable"
+                        };
+                        tracing::error!(provider = %store.provider, error = %e, "JWKS fetch failed; {kept}");
+                    }
+                }
+            });
         }
         let metrics = shared.metrics.clone();
         let _ = tokio::task::spawn_blocking(move || {

@@ -73,6 +73,17 @@ pub struct JwtProviderConfig {
     /// Also look for the token in this query parameter (added to the contract).
     #[serde(default)]
     pub token_query: Option<String>,
+    /// With `jwks_url`: how long the last good keys keep serving while
+    /// fetches fail (added to the contract).
+    #[serde(default = "default_max_key_age")]
+    pub max_key_age: Dur,
+    /// `/health/ready` stays 503 until the keys are loaded (added to the contract).
+    #[serde(default)]
+    pub ready_needs_keys: bool,
+}
+
+fn default_max_key_age() -> Dur {
+    Dur::secs(24 * 3600)
 }
 
 fn default_jwks_refresh() -> Dur {

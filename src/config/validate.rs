@@ -221,7 +221,7 @@ fn validate_jwt(j: &JwtProviderConfig, path: &str, report: &mut Report<'_>) {
             report(
                 &at,
                 false,
-                format!("{name} needs public keys: set `jwks_file`"),
+                format!("{name} needs public keys: set `jwks_file` or `jwks_url`"),
             );
         }
     }
@@ -240,13 +240,21 @@ fn validate_jwt(j: &JwtProviderConfig, path: &str, report: &mut Report<'_>) {
                 .into(),
         );
     }
-    if j.jwks_url.is_some() {
+    if let Some(url) = &j.jwks_url {
+        match url.parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+            _ => report(
+                &format!("{path}.jwks_url"),
+                false,
+                format!("`{url}` is not an http:// or https:// URL"),
+            ),
+        }
+    }
+    if j.max_key_age.0 < j.refresh.0 {
         report(
-            &format!("{path}.jwks_url"),
-            true,
-            "`jwks_url` is part of the Portcullis contract but not supported by this build yet; \
-             use `jwks_file` (it is re-read when it changes)"
-                .into(),
+            &format!("{path}.max_key_age"),
+            false,
+            "must be at least `refresh`".into(),
         );
     }
     if j.jwks_file.is_some() && j.jwks_url.is_some() {
