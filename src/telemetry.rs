@@ -244,7 +244,12 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // rustls logs what clients do wrong (an IP address in SNI, a bad
+    // alert) at warn, once per handshake: any client could flood the log.
+    // Those failures are counted in portcullis_tls_handshake_errors_total
+    // instead; `RUST_LOG=rustls=debug` brings the lines back.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
