@@ -228,8 +228,17 @@ impl KeyStore {
         }
     }
 
+    /// Claims the next fetch if one is due now (at most one runs at a time).
+    pub fn begin_fetch(&self, now: std::time::Instant) -> bool {
+        self.fetch_due(now)
+            && self
+                .fetching
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
     /// Whether a `jwks_url` fetch is due now.
-    pub fn fetch_due(&self, now: std::time::Instant) -> bool {
+    fn fetch_due(&self, now: std::time::Instant) -> bool {
         if self.source.jwks_url.is_none() || self.fetching.load(Ordering::Relaxed) {
             return false;
         }
@@ -244,12 +253,12 @@ impl KeyStore {
     }
 
     /// Fetches the JWKS from `jwks_url` and serves it if it is good; a
-    /// failure keeps the last good keys.
+    /// failure keeps the last good keys. Call after [`KeyStore::begin_fetch`].
     pub async fn fetch(&self, client: &JwksClient) -> Result<usize, String> {
         let Some(url) = &self.source.jwks_url else {
+            self.fetching.store(false, Ordering::Relaxed);
             return Ok(0);
         };
-        self.fetching.store(true, Ordering::Relaxed);
         *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(std::time::Instant::now());
         self.kid_miss.store(false, Ordering::Relaxed);

@@ -439,7 +439,7 @@ pub async fn watch(shared: Arc<crate::Shared>) {
         // jwks_url: each due fetch runs on its own, so a slow identity
         // provider delays nobody else.
         let now = std::time::Instant::now();
-        for store in stores.iter().filter(|s| s.fetch_due(now)) {
+        for store in stores.iter().filter(|s| s.begin_fetch(now)) {
             let (store, client) = (store.clone(), client.clone());
             let failures = shared.metrics.counter(
                 JWKS_FETCHES_TOTAL,
