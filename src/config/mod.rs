@@ -55,7 +55,8 @@ pub struct JwtProviderConfig {
     pub jwks_file: Option<String>,
     #[serde(default)]
     pub jwks_url: Option<String>,
-    /// How often `jwks_file` is looked at again (and `jwks_url` re-fetched).
+    /// With `jwks_url`: how often keys are fetched again (`jwks_file` is
+    /// checked every second regardless).
     #[serde(default = "default_jwks_refresh")]
     pub refresh: Dur,
     /// HMAC secret for HS256/384/512.
