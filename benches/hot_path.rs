@@ -348,7 +348,7 @@ fn bench_jwt(c: &mut Criterion) {
         let cfg: config::JwtProviderConfig =
             serde_json::from_value(config::yaml::parse(&yaml).expect("yaml").0)
                 .expect("provider config");
-        let provider = JwtProvider::new(&cfg, store, &metrics);
+        let provider = JwtProvider::new(&cfg, store, Vec::new(), &metrics);
         let scopes = vec!["users:read".to_string()];
         let scope_text: Arc<str> = Arc::from("users:read");
         let request = || {

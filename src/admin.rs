@@ -123,15 +123,37 @@ fn status(shared: &Shared) -> String {
         .upstreams
         .iter()
         .map(|u| {
+            let breaker = u.breaker.as_ref().map(|(_, b)| {
+                let (state, left) = b.state();
+                serde_json::json!({
+                    "state": state.as_str(),
+                    "open_for_ms": left.as_millis() as u64,
+                })
+            });
             serde_json::json!({
                 "name": &*u.name,
-                "balance": u.balance.as_str(),
-                "endpoints": u.endpoints.iter().map(|e| serde_json::json!({
-                    "address": &*e.addr,
-                    "in_flight": e.in_flight(),
-                    // Active health checks come with the resilience issue.
-                    "health": "unchecked",
-                })).collect::<Vec<_>>(),
+                "balance": u.balance.to_string(),
+                "circuit": breaker,
+                "endpoints": u.endpoints.iter().map(|e| {
+                    let h = &e.health;
+                    let ejected = h.ejected_for();
+                    serde_json::json!({
+                        "address": &*e.addr,
+                        "in_flight": e.in_flight(),
+                        // healthy: takes traffic; unhealthy: failed its
+                        // checks; ejected: outlier detection took it out.
+                        "health": if !h.is_up() {
+                            "unhealthy"
+                        } else if !ejected.is_zero() {
+                            "ejected"
+                        } else {
+                            "healthy"
+                        },
+                        "checked": u.health_check.is_some(),
+                        "ejected_for_ms": ejected.as_millis() as u64,
+                        "last_check": h.last_check(),
+                    })
+                }).collect::<Vec<_>>(),
             })
         })
         .collect();

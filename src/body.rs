@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -26,10 +27,16 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
-/// The client's request body, limited to `limit` bytes.
+/// The client's request body, limited to `limit` bytes. It may start with
+/// bytes already read (a replayed or partly buffered body).
 pub struct RequestBody {
-    /// `None` once the limit was hit and the rest handed to [`linger`].
+    /// Sent before anything from `inner`.
+    prefix: Option<Bytes>,
+    /// `None` once the limit was hit and the rest handed to [`linger`], or
+    /// for a body held whole in `prefix`.
     inner: Option<Incoming>,
+    /// Trailers read while buffering, sent last.
+    trailers: Option<HeaderMap>,
     limit: u64,
     seen: u64,
 }
@@ -37,8 +44,25 @@ pub struct RequestBody {
 impl RequestBody {
     pub fn new(inner: Incoming, limit: u64) -> Self {
         RequestBody {
+            prefix: None,
             inner: Some(inner),
+            trailers: None,
             limit,
+            seen: 0,
+        }
+    }
+
+    /// No body (health checks).
+    pub fn empty() -> Self {
+        Self::whole(Bytes::new(), None)
+    }
+
+    fn whole(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        RequestBody {
+            prefix: (!data.is_empty()).then_some(data),
+            inner: None,
+            trailers,
+            limit: u64::MAX,
             seen: 0,
         }
     }
@@ -53,8 +77,11 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
         let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
+            return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -78,13 +105,106 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.prefix.is_none()
+            && self.trailers.is_none()
+            && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        match &self.inner {
+            None => SizeHint::with_exact(prefix),
+            Some(inner) => {
+                let h = inner.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(h.lower() + prefix);
+                if let Some(upper) = h.upper() {
+                    hint.set_upper(upper + prefix);
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// A request body read ahead so it can be sent more than once (retries).
+pub enum Replay {
+    /// The whole body, replayable.
+    Whole(Bytes, Option<HeaderMap>),
+    /// Too large to hold: what was read, then the rest; sent once.
+    Streamed(Option<RequestBody>),
+}
+
+impl Replay {
+    /// Reads `body` until its end or past `buffer` bytes. A body over
+    /// `limit` (`max_body_bytes`) is refused.
+    pub async fn read(body: RequestBody, buffer: u64) -> Result<Replay, BodyTooLarge> {
+        let mut body = body;
+        if body.is_end_stream() {
+            return Ok(Replay::Whole(Bytes::new(), None));
+        }
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut held = 0u64;
+        while held <= buffer {
+            match body.frame().await {
+                None => {
+                    return Ok(Replay::Whole(concat(chunks, held), None));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        held += data.len() as u64;
+                        chunks.push(data);
+                    }
+                    Err(frame) => {
+                        let trailers = frame.into_trailers().ok();
+                        return Ok(Replay::Whole(concat(chunks, held), trailers));
+                    }
+                },
+                Some(Err(e)) => {
+                    return match e.downcast::<BodyTooLarge>() {
+                        Ok(too_large) => Err(*too_large),
+                        // The client broke off: what was read is sent, and
+                        // the upstream sees the body end early.
+                        Err(_) => Ok(Replay::Streamed(Some(RequestBody::whole(
+                            concat(chunks, held),
+                            None,
+                        )))),
+                    };
+                }
+            }
+        }
+        body.prefix = Some(concat(chunks, held));
+        body.seen = held;
+        Ok(Replay::Streamed(Some(body)))
+    }
+
+    /// Can the body be sent again after this try?
+    pub fn replayable(&self) -> bool {
+        matches!(self, Replay::Whole(..))
+    }
+
+    /// The body for the next try; `None` once a streamed body was sent.
+    pub fn body_for_try(&mut self) -> Option<RequestBody> {
+        match self {
+            Replay::Whole(data, trailers) => {
+                Some(RequestBody::whole(data.clone(), trailers.clone()))
+            }
+            Replay::Streamed(body) => body.take(),
+        }
+    }
+}
+
+fn concat(chunks: Vec<Bytes>, len: u64) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.into_iter().next().unwrap_or_default(),
+        _ => {
+            let mut out = bytes::BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+            for c in chunks {
+                out.extend_from_slice(&c);
+            }
+            out.freeze()
+        }
     }
 }
 

@@ -38,6 +38,14 @@ pub enum Reject {
     /// The route's JWT provider has no usable keys (our outage, not the client's).
     #[error("the token cannot be checked now: provider `{provider}` has no usable keys")]
     AuthUnavailable { provider: Arc<str> },
+    /// The upstream's circuit is open, or none of its endpoints is healthy:
+    /// refused without a connect attempt.
+    #[error("upstream `{upstream}` is unavailable: {reason}")]
+    UpstreamUnavailable {
+        upstream: Arc<str>,
+        reason: &'static str,
+        retry_after_secs: u64,
+    },
 }
 
 /// What went wrong talking to an upstream (for `detail` and logs).
@@ -62,7 +70,7 @@ impl std::fmt::Display for UpstreamFailure {
 
 /// Every error code, in a fixed order (the index of a code is used for
 /// per-route metric handle tables).
-pub const CODES: [&str; 9] = [
+pub const CODES: [&str; 10] = [
     "bad_request",
     "no_route",
     "payload_too_large",
@@ -72,6 +80,7 @@ pub const CODES: [&str; 9] = [
     "unauthorized",
     "forbidden",
     "auth_unavailable",
+    "upstream_unavailable",
 ];
 
 /// `Retry-After` for `auth_unavailable`: about when a key fetch is retried.
@@ -90,6 +99,7 @@ impl Reject {
             Reject::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Reject::Forbidden { .. } => StatusCode::FORBIDDEN,
             Reject::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -105,6 +115,7 @@ impl Reject {
             Reject::Unauthorized { .. } => 6,
             Reject::Forbidden { .. } => 7,
             Reject::AuthUnavailable { .. } => 8,
+            Reject::UpstreamUnavailable { .. } => 9,
         }
     }
 
@@ -116,9 +127,9 @@ impl Reject {
 
     fn upstream(&self) -> Option<&str> {
         match self {
-            Reject::BadGateway { upstream, .. } | Reject::UpstreamTimeout { upstream, .. } => {
-                Some(upstream)
-            }
+            Reject::BadGateway { upstream, .. }
+            | Reject::UpstreamTimeout { upstream, .. }
+            | Reject::UpstreamUnavailable { upstream, .. } => Some(upstream),
             _ => None,
         }
     }
@@ -136,6 +147,12 @@ impl Reject {
         });
         if let Some(u) = self.upstream() {
             doc["upstream"] = u.into();
+        }
+        if let Reject::UpstreamUnavailable {
+            retry_after_secs, ..
+        } = self
+        {
+            doc["retry_after"] = (*retry_after_secs).into();
         }
         let body = serde_json::to_vec(&doc).unwrap_or_default();
         let mut resp = Response::new(ResponseBody::full(Bytes::from(body)));
@@ -167,6 +184,11 @@ impl Reject {
             }
             Reject::AuthUnavailable { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static(AUTH_RETRY_AFTER_SECS));
+            }
+            Reject::UpstreamUnavailable {
+                retry_after_secs, ..
+            } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}
         }
@@ -200,6 +222,11 @@ mod tests {
             Reject::AuthUnavailable {
                 provider: Arc::from("p"),
             },
+            Reject::UpstreamUnavailable {
+                upstream: Arc::from("u"),
+                reason: "circuit open",
+                retry_after_secs: 3,
+            },
         ]
     }
 
@@ -221,6 +248,7 @@ mod tests {
                 (401, "unauthorized"),
                 (403, "forbidden"),
                 (503, "auth_unavailable"),
+                (503, "upstream_unavailable"),
             ]
         );
     }

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod client_key;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -130,6 +131,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
         });
         reload::start_listeners(plan, &shared);
+        shared.state.sync_health_checks(&shared.snapshot.load());
 
         let mut tasks = Vec::new();
         let admin = admin_listener.local_addr().unwrap_or(admin_addr);
@@ -249,6 +251,7 @@ impl RunningGateway {
 impl Drop for RunningGateway {
     fn drop(&mut self) {
         self.shared.listeners.abort_all();
+        self.shared.state.stop_health_checks();
         for t in &self.tasks {
             t.abort();
         }

@@ -5,15 +5,16 @@
 //! | 1 | admit: request id, traceparent, head size, mTLS subject | `proxy`, `limits` | 431 `headers_too_large` |
 //! | 2 | route: host, path, method, headers | `routing` | 404 `no_route` |
 //! | 2b | authenticate: bearer token, scopes, forwarded claims; declared body size | `auth`, `limits` | 401 `unauthorized`, 403 `forbidden`, 503 `auth_unavailable`, 400 `bad_request`, 413 `payload_too_large` |
-//! | 3 | choose backend: weighted split, balancer | `routing::split`, `upstream` | |
+//! | 3 | choose upstream: weighted split; the client key for `hash:` balancing | `routing::split`, `client_key` | |
 //! | 4 | rewrite: `strip_prefix`, header hygiene, `X-Forwarded-*` | `proxy` | |
-//! | 5 | forward: pooled connection, timeouts | `upstream` | 413 (body cut while streaming), 502 `bad_gateway`, 504 `upstream_timeout` |
+//! | 5 | forward, try by try: circuit breaker, healthy endpoint, pooled connection, timeouts, outcome to breaker and outlier detection, retry within budget and deadline | `upstream::{breaker, balance, health, retry}` | 503 `upstream_unavailable`, 413 (body cut while streaming), 502 `bad_gateway`, 504 `upstream_timeout` |
 //! | 6 | respond: hop-by-hop removal, `x-request-id`, drain `Connection: close`, metrics and access log when the body ends | `proxy`, `telemetry` | |
 //!
 //! [`handle`] never fails: it runs [`run`] and turns a [`Reject`] into the
 //! contract's problem document through `error.rs`, the only place that does.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION, HOST};
 use http::uri::PathAndQuery;
@@ -21,12 +22,15 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::{self, RequestBody, ResponseBody};
-use crate::error::{Reject, UpstreamFailure};
+use crate::body::{self, Replay, RequestBody, ResponseBody};
+use crate::client_key::KeySource;
+use crate::error::Reject;
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::Exchange;
-use crate::upstream::{Endpoint, Upstream};
+use crate::upstream::outcome::Outcome;
+use crate::upstream::retry::{RetryPolicy, X_PORTCULLIS_ATTEMPTS};
+use crate::upstream::{balance, health, Balance, Upstream};
 use crate::{limits, proxy, routing, upstream, Shared};
 
 /// Serves one request. Every response carries `x-request-id`.
@@ -53,6 +57,8 @@ pub async fn handle(
         route: snap.unrouted.clone(),
         upstream: None,
         endpoint: None,
+        attempts: 0,
+        attempts_header: false,
         status: 0,
         error: None,
         bytes_out: 0,
@@ -74,6 +80,9 @@ pub async fn handle(
 
     let headers = resp.headers_mut();
     headers.insert(proxy::X_REQUEST_ID.clone(), request_id);
+    if exchange.attempts_header {
+        headers.insert(X_PORTCULLIS_ATTEMPTS.clone(), exchange.attempts.into());
+    }
     if shared.is_draining() && version <= Version::HTTP_11 {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
@@ -93,7 +102,7 @@ async fn run(
     let Chosen {
         route,
         upstream,
-        endpoint,
+        key,
     } = match admit_and_route(snap, conn, &mut req, exchange) {
         Ok(x) => x,
         Err(reject) => {
@@ -102,14 +111,13 @@ async fn run(
         }
     };
     exchange.upstream = Some(upstream.name.clone());
-    exchange.endpoint = Some(endpoint.addr.clone());
 
     // 4. rewrite
     let req = rewrite(req, &route, conn, snap.limits.max_body_bytes)?;
 
     // 5. forward
     let timeout = route.timeout.unwrap_or(upstream.request_timeout);
-    let resp = upstream::forward(&upstream, &endpoint, req, timeout).await?;
+    let resp = forward(&upstream, key, req, timeout, exchange).await?;
 
     // 6. respond
     let (mut parts, body) = resp.into_parts();
@@ -121,7 +129,8 @@ async fn run(
 struct Chosen {
     route: Arc<Route>,
     upstream: Arc<Upstream>,
-    endpoint: Arc<Endpoint>,
+    /// The client key's hash, for `hash:<key>` balancing.
+    key: Option<u64>,
 }
 
 /// Steps 1–3: limits and trace context, route, backend.
@@ -151,26 +160,170 @@ fn admit_and_route(
     exchange.route = route.metrics.clone();
 
     // 2b. authenticate
-    if let Some(auth) = &route.auth {
-        auth.provider
-            .authenticate(req, &auth.scopes, &auth.scope_text)?;
-    }
+    let token = match &route.auth {
+        Some(auth) => Some(
+            auth.provider
+                .authenticate(req, &auth.scopes, &auth.scope_text)?,
+        ),
+        None => None,
+    };
     limits::check_declared_body(req, &snap.limits)?;
 
-    // 3. choose backend
+    // 3. choose upstream
     let upstream = route.split.pick().ok_or(Reject::NoRoute)?.clone();
-    let endpoint = upstream
-        .pick()
-        .ok_or_else(|| Reject::BadGateway {
-            upstream: upstream.name.clone(),
-            cause: UpstreamFailure::Connect,
-        })?
-        .clone();
+    let key = match &upstream.balance {
+        Balance::Hash(key) => key
+            .read(&KeySource {
+                peer: conn.peer.ip(),
+                headers: req.headers(),
+                client_cert_subject: conn.client_cert_subject.as_ref(),
+                token: token.as_deref(),
+                route: &route.name,
+            })
+            .map(|k| balance::hash_bytes(k.as_bytes())),
+        _ => None,
+    };
     Ok(Chosen {
         route,
         upstream,
-        endpoint,
+        key,
     })
+}
+
+/// Step 5: tries the upstream until an answer is final. A retry needs a
+/// `retry` policy, an outcome on its `on` list (for a non-idempotent request
+/// only a connect error), a body that fit the replay buffer, a retry left in
+/// the budget and time left before the route's deadline; it goes to an
+/// endpoint not tried yet when one is available.
+async fn forward(
+    upstream: &Upstream,
+    key: Option<u64>,
+    req: Request<RequestBody>,
+    timeout: Duration,
+    exchange: &mut Exchange,
+) -> Result<Response<Incoming>, Reject> {
+    let deadline = Instant::now() + timeout;
+    exchange.attempts = 1;
+    let Some((policy, budget)) = &upstream.retry else {
+        return try_once(upstream, key, 0, req, deadline, exchange).await.0;
+    };
+    budget.deposit();
+    exchange.attempts_header = policy.attempts_header;
+    let idempotent = RetryPolicy::eligible(req.method(), req.headers());
+    let (head, body) = req.into_parts();
+    let mut body = Replay::read(body, policy.replay_buffer)
+        .await
+        .map_err(|e| Reject::PayloadTooLarge { limit: e.limit })?;
+    let mut tried = 0u64;
+    let mut attempt = 1;
+    loop {
+        let Some(this_body) = body.body_for_try() else {
+            // Unreachable: only a replayable body is tried again.
+            return Err(Reject::BadRequest {
+                reason: "the request body cannot be sent again",
+            });
+        };
+        let per_try = policy
+            .per_try_timeout
+            .map_or(deadline, |t| deadline.min(Instant::now() + t));
+        let req = Request::from_parts(copy_head(&head), this_body);
+        let (result, outcome, index) = try_once(upstream, key, tried, req, per_try, exchange).await;
+        let again = outcome.is_some_and(|o| policy.retries_on(o, idempotent));
+        if attempt > 1 {
+            let counter = if again {
+                &budget.failed
+            } else {
+                &budget.succeeded
+            };
+            counter.increment(1);
+        }
+        if !again || attempt > policy.attempts || !body.replayable() || !budget.withdraw(policy) {
+            return result;
+        }
+        let pause = policy.backoff(attempt);
+        if Instant::now() + pause >= deadline {
+            return result;
+        }
+        if let Some(i) = index.filter(|i| *i < 64) {
+            tried |= 1 << i;
+        }
+        drop(result);
+        tokio::time::sleep(pause).await;
+        attempt += 1;
+        exchange.attempts = attempt;
+    }
+}
+
+/// One try: the circuit breaker admits it, the balancer picks an available
+/// endpoint, the exchange runs until `deadline`, and its outcome feeds the
+/// breaker and outlier detection. Returns the result, its outcome (`None`
+/// when the upstream was not at fault or not tried) and the endpoint's index.
+async fn try_once(
+    upstream: &Upstream,
+    key: Option<u64>,
+    tried: u64,
+    req: Request<RequestBody>,
+    deadline: Instant,
+    exchange: &mut Exchange,
+) -> (
+    Result<Response<Incoming>, Reject>,
+    Option<Outcome>,
+    Option<usize>,
+) {
+    let ticket = match &upstream.breaker {
+        Some((policy, breaker)) => match breaker.admit(policy) {
+            Ok(ticket) => Some(ticket),
+            Err(wait) => return (Err(unavailable(upstream, "circuit open", wait)), None, None),
+        },
+        None => None,
+    };
+    let Some((index, endpoint)) = upstream.pick(key, tried) else {
+        let wait = upstream
+            .health_check
+            .as_ref()
+            .map_or(Duration::from_secs(1), |h| h.interval.0);
+        return (
+            Err(unavailable(upstream, "no healthy endpoint", wait)),
+            None,
+            None,
+        );
+    };
+    exchange.endpoint = Some(endpoint.addr.clone());
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    let result = upstream::forward(upstream, endpoint, req, timeout).await;
+    let outcome = upstream::outcome_of(&result);
+    if let Some(o) = outcome {
+        health::observe(upstream, endpoint, o.is_transport_failure());
+    }
+    if let (Some(ticket), Some((policy, breaker)), Some(o)) = (ticket, &upstream.breaker, outcome) {
+        breaker.record(ticket, o, policy);
+    }
+    (result, outcome, Some(index))
+}
+
+fn unavailable(upstream: &Upstream, reason: &'static str, wait: Duration) -> Reject {
+    upstream.pool.metrics.rejected.increment(1);
+    Reject::UpstreamUnavailable {
+        upstream: upstream.name.clone(),
+        reason,
+        // Whole seconds, rounded up: never 0, never earlier than useful.
+        retry_after_secs: wait
+            .as_millis()
+            .div_ceil(1000)
+            .max(1)
+            .try_into()
+            .unwrap_or(u64::MAX),
+    }
+}
+
+/// A copy of a request head for one more try.
+fn copy_head(head: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    req.into_parts().0
 }
 
 /// Applies the route's path rewrite and the header hygiene, and wraps the

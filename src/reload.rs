@@ -206,9 +206,11 @@ async fn apply(shared: &Arc<Shared>) -> Result<(Option<Vec<Change>>, Vec<String>
     let changes = diff(&old.raw, &loaded.raw);
 
     // Point of no return: everything below only swaps.
-    shared.snapshot.store(Arc::new(new));
+    let new = Arc::new(new);
+    shared.snapshot.store(new.clone());
     start_listeners(plan, shared);
     shared.state.retain(&loaded.config);
+    shared.state.sync_health_checks(&new);
     Ok((Some(changes), warnings))
 }
 

@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderName, HeaderValue, Method};
 
 use crate::auth::JwtProvider;
+use crate::client_key::ClientKey;
 use crate::config::{
-    AdminConfig, ConfigError, ConfigErrors, Loaded, RouteAuthConfig, ServerConfig,
+    self, AdminConfig, ConfigError, ConfigErrors, KeySpec, Loaded, RouteAuthConfig, ServerConfig,
 };
 use crate::limits::SizeLimits;
 use crate::routing::split::Split;
@@ -20,7 +21,10 @@ use crate::routing::{Conditions, PathMatch, Router};
 use crate::server::{ConnRuntime, ConnSettings};
 use crate::state::State;
 use crate::telemetry::RouteMetrics;
-use crate::upstream::Upstream;
+use crate::upstream::breaker::BreakerPolicy;
+use crate::upstream::health::OutlierPolicy;
+use crate::upstream::retry::RetryPolicy;
+use crate::upstream::{Balance, Upstream};
 
 /// A route's JWT requirement.
 pub struct RouteAuth {
@@ -94,18 +98,45 @@ impl Snapshot {
             let upstream = Arc::new(Upstream {
                 name: Arc::from(u.name.as_str()),
                 endpoints,
-                balance: u.balance,
+                balance: match &u.balance {
+                    config::Balance::RoundRobin => Balance::RoundRobin,
+                    config::Balance::LeastRequests => Balance::LeastRequests,
+                    config::Balance::Hash(spec) => match ClientKey::new(spec) {
+                        Some(key) => Balance::Hash(key),
+                        None => Balance::RoundRobin,
+                    },
+                },
                 request_timeout: u.request_timeout.0,
                 pool: state.pool(
                     &u.name,
                     u.connect_timeout.0,
                     loaded.tls.upstreams.get(&u.name).map(|t| &**t),
                 ),
+                health_check: u.health_check.clone(),
+                outlier: u.outlier_detection.as_ref().map(OutlierPolicy::new),
+                breaker: u
+                    .circuit_breaker
+                    .as_ref()
+                    .map(|b| (BreakerPolicy::new(b), state.breaker(&u.name))),
+                retry: u
+                    .retry
+                    .as_ref()
+                    .filter(|r| r.attempts > 0)
+                    .map(|r| (RetryPolicy::new(r), state.retry_budget(&u.name))),
             });
             upstreams.insert(&u.name, upstream.clone());
             upstream_list.push(upstream);
         }
 
+        // Claims that client keys read, kept on every verified token.
+        let key_claims: Vec<String> = config
+            .upstreams
+            .iter()
+            .filter_map(|u| match &u.balance {
+                config::Balance::Hash(KeySpec::Claim(c)) => Some(c.clone()),
+                _ => None,
+            })
+            .collect();
         let mut providers: HashMap<&str, Arc<JwtProvider>> = HashMap::new();
         let mut claim_headers: Vec<HeaderName> = Vec::new();
         for j in &config.jwt {
@@ -114,7 +145,12 @@ impl Snapshot {
                 crate::auth::keys::source_for(j, &loaded.base_dir),
                 loaded.jwt_keys.get(&j.name).cloned(),
             );
-            let provider = Arc::new(JwtProvider::new(j, store, &state.metrics));
+            let provider = Arc::new(JwtProvider::new(
+                j,
+                store,
+                key_claims.clone(),
+                &state.metrics,
+            ));
             for h in provider.forwarded_headers() {
                 if !claim_headers.contains(h) {
                     claim_headers.push(h.clone());

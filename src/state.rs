@@ -1,26 +1,53 @@
 //! Long-lived objects keyed by name, shared by every snapshot that names
 //! them: upstream pools (connections, balancer cursor, outcome counters),
-//! endpoints (in-flight counts) and per-route metric handles. A compiled
-//! snapshot holds `Arc`s into this registry, so a config reload that keeps a
-//! name keeps its object.
+//! endpoints (in-flight counts, health verdicts), circuit breakers, retry
+//! budgets, health-check tasks, JWT key stores and per-route metric handles.
+//! A compiled snapshot holds `Arc`s into this registry, so a config reload
+//! that keeps a name keeps its object (an open breaker stays open, an
+//! unhealthy endpoint stays out).
 //!
-//! Only snapshot compilation touches the locks here; requests never do.
+//! Only snapshot compilation and reload touch the locks here; requests
+//! never do.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
 use crate::auth::keys::{KeySet, KeySource, KeyStore};
-use crate::telemetry::{Metrics, RouteMetrics, UpstreamMetrics};
+use crate::snapshot::Snapshot;
+use crate::telemetry::{Metrics, RouteMetrics, UpstreamMetrics, UPSTREAM_ENDPOINT_HEALTHY};
 use crate::tls::UpstreamTls;
+use crate::upstream::breaker::Breaker;
+use crate::upstream::health::{self, CheckSettings};
+use crate::upstream::retry::RetryBudget;
 use crate::upstream::{Endpoint, Pool};
+
+type EndpointKey = (String, String);
 
 pub struct State {
     pub metrics: Arc<Metrics>,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
-    endpoints: Mutex<HashMap<(String, String), Arc<Endpoint>>>,
+    endpoints: Mutex<HashMap<EndpointKey, Arc<Endpoint>>>,
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
+    checkers: Mutex<HashMap<EndpointKey, Checker>>,
     routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
     key_stores: Mutex<HashMap<String, Arc<KeyStore>>>,
+}
+
+/// A running health-check task and the channel that retunes it.
+struct Checker {
+    settings: watch::Sender<Arc<CheckSettings>>,
+    task: AbortHandle,
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -35,6 +62,9 @@ impl State {
             metrics,
             pools: Mutex::default(),
             endpoints: Mutex::default(),
+            breakers: Mutex::default(),
+            budgets: Mutex::default(),
+            checkers: Mutex::default(),
             routes: Mutex::default(),
             key_stores: Mutex::default(),
         }
@@ -76,9 +106,78 @@ impl State {
         if let Some(e) = endpoints.get(&key) {
             return Ok(e.clone());
         }
-        let e = Arc::new(Endpoint::new(addr)?);
+        let healthy = self.metrics.gauge(
+            UPSTREAM_ENDPOINT_HEALTHY,
+            &[("upstream", upstream), ("endpoint", addr)],
+        );
+        let e = Arc::new(Endpoint::new(addr, healthy)?);
         endpoints.insert(key, e.clone());
         Ok(e)
+    }
+
+    /// The circuit breaker of upstream `name`.
+    pub fn breaker(&self, name: &str) -> Arc<Breaker> {
+        lock(&self.breakers)
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(Breaker::new(name, &self.metrics)))
+            .clone()
+    }
+
+    /// The retry budget of upstream `name`.
+    pub fn retry_budget(&self, name: &str) -> Arc<RetryBudget> {
+        lock(&self.budgets)
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(RetryBudget::new(name, &self.metrics)))
+            .clone()
+    }
+
+    /// Makes the running health checks match `snap`: a checker per endpoint
+    /// of every upstream with a `health_check`, retuned in place when its
+    /// settings changed; every other checker stopped, and endpoints whose
+    /// checks were turned off count as up again. Must run inside Tokio.
+    pub fn sync_health_checks(&self, snap: &Snapshot) {
+        let mut checkers = lock(&self.checkers);
+        let mut wanted: HashMap<EndpointKey, (Arc<CheckSettings>, Arc<Endpoint>)> = HashMap::new();
+        for u in &snap.upstreams {
+            for e in &u.endpoints {
+                let key = (u.name.to_string(), e.addr.to_string());
+                match &u.health_check {
+                    Some(config) => {
+                        let settings = Arc::new(CheckSettings {
+                            upstream: u.name.clone(),
+                            config: config.clone(),
+                            pool: u.pool.clone(),
+                        });
+                        wanted.insert(key, (settings, e.clone()));
+                    }
+                    None => {
+                        if checkers.remove(&key).is_some() {
+                            e.health.reset_active();
+                        }
+                    }
+                }
+            }
+        }
+        checkers.retain(|key, _| wanted.contains_key(key));
+        for (key, (settings, endpoint)) in wanted {
+            match checkers.get(&key) {
+                Some(c) => {
+                    if **c.settings.borrow() != *settings {
+                        c.settings.send_replace(settings);
+                    }
+                }
+                None => {
+                    let (tx, rx) = watch::channel(settings);
+                    let task = tokio::spawn(health::run_checks(endpoint, rx)).abort_handle();
+                    checkers.insert(key, Checker { settings: tx, task });
+                }
+            }
+        }
+    }
+
+    /// Stops every health check (gateway shutdown).
+    pub fn stop_health_checks(&self) {
+        lock(&self.checkers).clear();
     }
 
     /// The key store of JWT provider `name`, with `keys` (just loaded by
@@ -122,12 +221,19 @@ impl State {
     pub fn retain(&self, config: &crate::config::Config) {
         let upstream = |n: &str| config.upstreams.iter().any(|u| u.name == n);
         lock(&self.pools).retain(|name, _| upstream(name));
-        lock(&self.endpoints).retain(|(u, addr), _| {
+        let endpoint = |u: &str, addr: &String| {
             config
                 .upstreams
                 .iter()
                 .any(|c| c.name == *u && c.endpoints.contains(addr))
-        });
+        };
+        lock(&self.endpoints).retain(|(u, addr), _| endpoint(u, addr));
+        lock(&self.checkers).retain(|(u, addr), _| endpoint(u, addr));
+        let with = |n: &str, has: fn(&crate::config::UpstreamConfig) -> bool| {
+            config.upstreams.iter().any(|u| u.name == n && has(u))
+        };
+        lock(&self.breakers).retain(|name, _| with(name, |u| u.circuit_breaker.is_some()));
+        lock(&self.budgets).retain(|name, _| with(name, |u| u.retry.is_some()));
         lock(&self.routes)
             .retain(|name, _| name.is_empty() || config.routes.iter().any(|r| r.name == *name));
         lock(&self.key_stores).retain(|name, _| config.jwt.iter().any(|j| j.name == *name));

@@ -22,6 +22,10 @@ pub const REQUEST_DURATION_SECONDS: &str = "portcullis_request_duration_seconds"
 pub const IN_FLIGHT_REQUESTS: &str = "portcullis_in_flight_requests";
 pub const UPSTREAM_REQUESTS_TOTAL: &str = "portcullis_upstream_requests_total";
 pub const REJECTIONS_TOTAL: &str = "portcullis_rejections_total";
+pub const UPSTREAM_ENDPOINT_HEALTHY: &str = "portcullis_upstream_endpoint_healthy";
+pub const CIRCUIT_STATE: &str = "portcullis_circuit_state";
+pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "portcullis_circuit_transitions_total";
+pub const UPSTREAM_RETRIES_TOTAL: &str = "portcullis_upstream_retries_total";
 pub const CONNECTIONS_TOTAL: &str = "portcullis_connections_total";
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "portcullis_connections_rejected_total";
 pub const OPEN_CONNECTIONS: &str = "portcullis_open_connections";
@@ -156,6 +160,8 @@ pub struct UpstreamMetrics {
     pub ok: Counter,
     pub error: Counter,
     pub timeout: Counter,
+    /// Refused without trying: circuit open or no healthy endpoint.
+    pub rejected: Counter,
 }
 
 impl UpstreamMetrics {
@@ -170,6 +176,7 @@ impl UpstreamMetrics {
             ok: c("ok"),
             error: c("error"),
             timeout: c("timeout"),
+            rejected: c("rejected"),
         }
     }
 }
@@ -186,6 +193,10 @@ pub struct Exchange {
     pub route: Arc<RouteMetrics>,
     pub upstream: Option<Arc<str>>,
     pub endpoint: Option<Arc<str>>,
+    /// Tries sent upstream (more than 1 after retries).
+    pub attempts: u32,
+    /// Send `x-portcullis-attempts` (the upstream's `retry.attempts_header`).
+    pub attempts_header: bool,
     pub status: u16,
     pub error: Option<&'static str>,
     pub bytes_out: u64,
@@ -221,6 +232,7 @@ impl Exchange {
             route = %self.route.route,
             upstream = self.upstream.as_deref().unwrap_or(""),
             endpoint = self.endpoint.as_deref().unwrap_or(""),
+            attempts = self.attempts,
             status = self.status,
             duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             bytes_out = self.bytes_out,

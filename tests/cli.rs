@@ -669,3 +669,68 @@ async fn portcullis_token_mints_what_the_demo_provider_accepts() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`portcullis demo` creates the dev key"));
 }
+
+#[test]
+fn check_reports_resilience_problems_with_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "resilience.yaml",
+        "\
+listeners: [{ name: http, bind: '127.0.0.1:8080' }]
+upstreams:
+  - name: users
+    endpoints: [127.0.0.1:9101]
+    balance: hash:cookie:session
+    health_check:
+      path: health
+      unhealthy_threshold: 0
+      expected_statuses: [200-199]
+    circuit_breaker:
+      failure_ratio: 1.5
+      half_open_requests: 0
+    retry:
+      attempts: 50
+      on: [connect_error, 200]
+      backoff: 1s
+      max_backoff: 100ms
+    outlier_detection: { max_ejected_percent: 0 }
+  - name: other
+    endpoints: [127.0.0.1:9102]
+    health_check: { path: /h, interval: 1s, timeout: 2s, healthy_threshold: 0 }
+    circuit_breaker: { consecutive_failures: 0, failure_ratio: 0, window: 10ms }
+routes:
+  - { name: r, match: { path_prefix: / }, upstream: users }
+",
+    );
+    let out = Command::new(BIN)
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    for expected in [
+        format!("{file}:5:14: unknown key `cookie:session`: expected `ip`, `header:<name>`"),
+        format!("{file}:7:13: `health` must start with `/`"),
+        format!("{file}:8:28: must be at least 1"),
+        format!("{file}:9:27: range `200-199` is empty"),
+        format!("{file}:11:22: 1.5 is outside (0, 1]"),
+        format!("{file}:12:27: must be at least 1"),
+        format!("{file}:14:17: 50 is too many: at most 10 extra tries"),
+        format!("{file}:15:27: status 200 is not an error status"),
+        format!("{file}:16:16: 1s is longer than `max_backoff` (100ms)"),
+        format!("{file}:18:47: must be between 1 and 100"),
+        format!("{file}:21:54: must not be longer than `interval`"),
+        format!("{file}:21:77: must be at least 1"),
+        format!("{file}:22:46: must be at least 1"),
+        format!("{file}:22:64: 0 is outside (0, 1]"),
+        format!("{file}:22:75: must be at least 100ms"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -49,6 +49,32 @@ pub struct Verified {
     scopes: Vec<String>,
     /// Headers for the upstream, from `forward_claims`.
     forward: Vec<(HeaderName, HeaderValue)>,
+    /// The claims client keys (`claim:<name>`) read, as text.
+    key_claims: Vec<(String, String)>,
+}
+
+impl Verified {
+    /// A claim a client key names, as text (arrays space-separated).
+    pub fn claim(&self, name: &str) -> Option<&str> {
+        self.key_claims
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A claim's value as header or key text: strings as they are, arrays
+/// space-separated, anything else as JSON.
+fn claim_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    }
 }
 
 struct JwtMetrics {
@@ -73,6 +99,8 @@ pub struct JwtProvider {
     cookie: Option<String>,
     query: Option<String>,
     cache: DashMap<[u8; 32], Arc<Verified>>,
+    /// Claims that client keys read (kept on each [`Verified`]).
+    key_claims: Vec<String>,
     metrics: JwtMetrics,
 }
 
@@ -86,7 +114,13 @@ pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
 
 impl JwtProvider {
     /// `config` is validated (algorithms parse, header names are valid).
-    pub fn new(config: &JwtProviderConfig, keys: Arc<KeyStore>, metrics: &Metrics) -> JwtProvider {
+    /// `key_claims`: the claims any client key (`claim:<name>`) reads.
+    pub fn new(
+        config: &JwtProviderConfig,
+        keys: Arc<KeyStore>,
+        key_claims: Vec<String>,
+        metrics: &Metrics,
+    ) -> JwtProvider {
         let allowed: Vec<Algorithm> = config
             .algorithms
             .iter()
@@ -146,6 +180,7 @@ impl JwtProvider {
             cookie: config.token_cookie.clone(),
             query: config.token_query.clone(),
             cache: DashMap::new(),
+            key_claims,
             metrics: JwtMetrics {
                 ok: label("ok"),
                 cached: label("cached"),
@@ -176,7 +211,7 @@ impl JwtProvider {
         req: &mut http::Request<B>,
         scopes: &[String],
         scope_text: &Arc<str>,
-    ) -> Result<(), Reject> {
+    ) -> Result<Arc<Verified>, Reject> {
         let Some(token) = self.token(req.headers(), req.uri().query()) else {
             self.metrics.missing.increment(1);
             return Err(Reject::Unauthorized { problem: None });
@@ -204,7 +239,7 @@ impl JwtProvider {
         for (name, value) in &verified.forward {
             headers.insert(name.clone(), value.clone());
         }
-        Ok(())
+        Ok(verified)
     }
 
     /// `Authorization: Bearer`, then the cookie, then the query parameter.
@@ -324,17 +359,14 @@ impl JwtProvider {
                 .forward
                 .iter()
                 .filter_map(|(claim, header)| {
-                    let text = match claims.get(claim)? {
-                        Value::String(s) => s.clone(),
-                        Value::Array(items) => items
-                            .iter()
-                            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
-                            .collect::<Vec<_>>()
-                            .join(" "),
-                        other => other.to_string(),
-                    };
+                    let text = claim_text(claims.get(claim)?);
                     Some((header.clone(), HeaderValue::from_str(&text).ok()?))
                 })
+                .collect(),
+            key_claims: self
+                .key_claims
+                .iter()
+                .filter_map(|name| Some((name.clone(), claim_text(claims.get(name)?))))
                 .collect(),
         });
         self.remember(digest, verified.clone(), now);

@@ -7,6 +7,7 @@
 //! (cross-references, duplicates, weights). Nothing here knows about runtime.
 
 pub mod diff;
+pub mod resilience;
 pub mod validate;
 pub mod values;
 pub mod yaml;
@@ -18,6 +19,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+pub use resilience::{
+    Balance, CircuitBreakerConfig, HealthCheckConfig, KeySpec, OutcomeName, OutlierConfig,
+    RetryConfig, StatusRange,
+};
 pub use values::{Dur, Size};
 use yaml::{Pos, Positions};
 
@@ -289,23 +294,6 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Balance {
-    #[default]
-    RoundRobin,
-    LeastRequests,
-}
-
-impl Balance {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Balance::RoundRobin => "round_robin",
-            Balance::LeastRequests => "least_requests",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
@@ -319,6 +307,14 @@ pub struct UpstreamConfig {
     pub request_timeout: Dur,
     #[serde(default)]
     pub tls: Option<UpstreamTlsConfig>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierConfig>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
 }
 
 fn default_connect_timeout() -> Dur {
@@ -638,7 +634,18 @@ fn deserialize_all(
                     removed.push(full);
                 } else {
                     if removed.contains(&path) {
-                        return None;
+                        // A bad list item was nulled (to keep its siblings'
+                        // paths) and the null fails too: drop the list.
+                        match path.rfind('[').map(|i| path[..i].to_string()) {
+                            Some(list) if !removed.contains(&list) => {
+                                if !remove_path(&mut value, &list) {
+                                    return None;
+                                }
+                                removed.push(list);
+                                continue;
+                            }
+                            _ => return None,
+                        }
                     }
                     let missing_after_removal = message.starts_with("missing field")
                         && removed.iter().any(|r| r.starts_with(&path));
@@ -664,9 +671,6 @@ fn unknown_key_message(path: &str) -> String {
         "versioning",
         "rate_limits",
         "max_in_flight",
-        "health_check",
-        "circuit_breaker",
-        "retry",
         "rate_limit",
         "priority",
         "deprecation",

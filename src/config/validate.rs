@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::{
-    Config, JwtProviderConfig, ListenerTlsConfig, MatchConfig, RouteAuthConfig, RouteConfig,
+    resilience, Config, JwtProviderConfig, ListenerTlsConfig, MatchConfig, RouteAuthConfig,
+    RouteConfig,
 };
 
 /// `report(path, at_key, message)`; `at_key` points the position at the key
@@ -102,6 +103,19 @@ pub fn validate(config: &Config, report: &mut Report<'_>) {
                 false,
                 "must be more than 0".into(),
             );
+        }
+        let at = |key: &str| format!("upstreams[{i}].{key}");
+        if let Some(h) = &u.health_check {
+            resilience::validate_health_check(h, &at("health_check"), report);
+        }
+        if let Some(o) = &u.outlier_detection {
+            resilience::validate_outlier(o, &at("outlier_detection"), report);
+        }
+        if let Some(b) = &u.circuit_breaker {
+            resilience::validate_breaker(b, &at("circuit_breaker"), report);
+        }
+        if let Some(r) = &u.retry {
+            resilience::validate_retry(r, &at("retry"), report);
         }
         if let Some(sni) = u.tls.as_ref().and_then(|t| t.sni.as_deref()) {
             if rustls::pki_types::ServerName::try_from(sni).is_err() {

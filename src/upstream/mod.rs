@@ -2,11 +2,18 @@
 //! endpoint choice, and one proxied exchange with its timeouts and error
 //! mapping.
 //!
-//! An [`Upstream`] is the snapshot's view (policy: balance, timeouts); its
-//! [`Pool`] and [`Endpoint`]s come from [`crate::state::State`], keyed by name,
-//! so connections and counters outlive a config reload.
+//! An [`Upstream`] is the snapshot's view (policy: balance, timeouts,
+//! breaker, retry and outlier thresholds); its [`Pool`], [`Endpoint`]s (with
+//! their health), [`Breaker`] and [`RetryBudget`] come from
+//! [`crate::state::State`], keyed by name, so connections, counters and
+//! verdicts outlive a config reload.
 
 pub mod balance;
+pub mod breaker;
+pub mod health;
+pub mod outcome;
+pub mod retry;
+pub mod window;
 
 use std::error::Error as StdError;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,11 +28,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{BodyTooLarge, RequestBody};
-use crate::config::Balance;
+use crate::client_key::ClientKey;
+use crate::config::HealthCheckConfig;
 use crate::error::{Reject, UpstreamFailure};
 use crate::telemetry::UpstreamMetrics;
 use crate::tls::UpstreamTls;
+use breaker::{Breaker, BreakerPolicy};
+use health::{Health, OutlierPolicy};
 use hyper_rustls::HttpsConnector;
+use outcome::Outcome;
+use retry::{RetryBudget, RetryPolicy};
 
 /// Idle upstream connections are closed after this long: shorter than the
 /// usual backend keep-alive (60s+), so we rarely reuse a connection the
@@ -91,6 +103,24 @@ impl Pool {
             metrics,
         }
     }
+
+    pub fn scheme(&self) -> Scheme {
+        match self.client {
+            PoolClient::Plain(_) => Scheme::HTTP,
+            PoolClient::Tls(_) => Scheme::HTTPS,
+        }
+    }
+
+    /// Sends `req` (absolute URI) on a pooled connection.
+    pub async fn send(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        match &self.client {
+            PoolClient::Plain(c) => c.request(req).await,
+            PoolClient::Tls(c) => c.request(req).await,
+        }
+    }
 }
 
 /// One backend address of an upstream (long-lived).
@@ -100,15 +130,21 @@ pub struct Endpoint {
     authority: Authority,
     /// Requests sent and not yet answered (response head), for `least_requests`.
     in_flight: AtomicUsize,
+    /// A hash of `addr`, for `hash:<key>` balancing.
+    pub seed: u64,
+    pub health: Health,
 }
 
 impl Endpoint {
-    /// `addr` is validated as HOST:PORT by config validation.
-    pub fn new(addr: &str) -> Result<Endpoint, http::uri::InvalidUri> {
+    /// `addr` is validated as HOST:PORT by config validation; `healthy` is
+    /// its `portcullis_upstream_endpoint_healthy` gauge.
+    pub fn new(addr: &str, healthy: metrics::Gauge) -> Result<Endpoint, http::uri::InvalidUri> {
         Ok(Endpoint {
             addr: Arc::from(addr),
             authority: Authority::try_from(addr)?,
             in_flight: AtomicUsize::new(0),
+            seed: balance::hash_bytes(addr.as_bytes()),
+            health: Health::new(healthy),
         })
     }
 
@@ -124,23 +160,53 @@ pub struct Upstream {
     pub balance: Balance,
     pub request_timeout: Duration,
     pub pool: Arc<Pool>,
+    pub health_check: Option<HealthCheckConfig>,
+    pub outlier: Option<OutlierPolicy>,
+    pub breaker: Option<(BreakerPolicy, Arc<Breaker>)>,
+    pub retry: Option<(RetryPolicy, Arc<RetryBudget>)>,
+}
+
+/// `balance:`, compiled.
+pub enum Balance {
+    RoundRobin,
+    LeastRequests,
+    Hash(ClientKey),
+}
+
+impl std::fmt::Display for Balance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Balance::RoundRobin => f.write_str("round_robin"),
+            Balance::LeastRequests => f.write_str("least_requests"),
+            Balance::Hash(key) => write!(f, "hash:{key}"),
+        }
+    }
 }
 
 impl Upstream {
-    /// Chooses the endpoint for the next request (`None` only for an
-    /// upstream without endpoints, which validation does not let through).
-    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let cursor = self.pool.cursor.fetch_add(1, Ordering::Relaxed);
-        let i = match self.balance {
-            Balance::RoundRobin => cursor % self.endpoints.len(),
-            Balance::LeastRequests => {
-                balance::least_requests(&self.endpoints, cursor, |e| e.in_flight())
+    /// Chooses the endpoint for the next try among the available ones,
+    /// preferring those not in `tried` (bit i = endpoint i). `key` is the
+    /// request's client-key hash for `hash:<key>` balancing. `None`: no
+    /// endpoint is available.
+    pub fn pick(&self, key: Option<u64>, tried: u64) -> Option<(usize, &Arc<Endpoint>)> {
+        let eps = &self.endpoints;
+        let fresh = |i: usize| i >= 64 || tried & (1 << i) == 0;
+        let choose = |ok: &dyn Fn(usize) -> bool| -> Option<usize> {
+            let n = eps.len();
+            match (&self.balance, key) {
+                (Balance::Hash(_), Some(k)) => balance::rendezvous(n, |i| eps[i].seed, k, ok),
+                (Balance::LeastRequests, _) => {
+                    balance::least_requests(n, ok, |i| eps[i].in_flight())
+                }
+                _ => {
+                    let cursor = self.pool.cursor.fetch_add(1, Ordering::Relaxed);
+                    balance::round_robin(n, cursor, ok)
+                }
             }
         };
-        self.endpoints.get(i)
+        let i = choose(&|i| fresh(i) && eps[i].health.available())
+            .or_else(|| choose(&|i| eps[i].health.available()))?;
+        Some((i, &eps[i]))
     }
 }
 
@@ -159,10 +225,7 @@ pub async fn forward(
         uri.path_and_query = Some(PathAndQuery::from_static("/"));
     }
     let pool = &upstream.pool;
-    uri.scheme = Some(match pool.client {
-        PoolClient::Plain(_) => Scheme::HTTP,
-        PoolClient::Tls(_) => Scheme::HTTPS,
-    });
+    uri.scheme = Some(pool.scheme());
     uri.authority = Some(endpoint.authority.clone());
     parts.uri = Uri::from_parts(uri).map_err(|_| Reject::BadRequest {
         reason: "the request target cannot be forwarded",
@@ -172,11 +235,7 @@ pub async fn forward(
     let req = Request::from_parts(parts, body);
 
     endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-    let sent = match &pool.client {
-        PoolClient::Plain(c) => c.request(req),
-        PoolClient::Tls(c) => c.request(req),
-    };
-    let result = tokio::time::timeout(timeout, sent).await;
+    let result = tokio::time::timeout(timeout, pool.send(req)).await;
     endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
 
     let metrics = &upstream.pool.metrics;
@@ -205,6 +264,20 @@ pub async fn forward(
                 timeout_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
             })
         }
+    }
+}
+
+/// What a try came to, for retries, the breaker and outlier detection;
+/// `None` when the client, not the upstream, is at fault (body too large).
+pub fn outcome_of(result: &Result<Response<Incoming>, Reject>) -> Option<Outcome> {
+    match result {
+        Ok(resp) => Some(Outcome::Status(resp.status().as_u16())),
+        Err(Reject::BadGateway { cause, .. }) => Some(match cause {
+            UpstreamFailure::Connect | UpstreamFailure::ConnectTimeout => Outcome::ConnectError,
+            UpstreamFailure::Reset | UpstreamFailure::Protocol => Outcome::Reset,
+        }),
+        Err(Reject::UpstreamTimeout { .. }) => Some(Outcome::Timeout),
+        Err(_) => None,
     }
 }
 
