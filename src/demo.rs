@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -24,11 +26,25 @@ use crate::config::Config;
 /// Binds a demo backend called `name` on `addr` and serves it in the
 /// background. It answers `/health` with `{"status":"ok"}` and anything else
 /// with JSON naming itself and describing the request it saw (the body is
-/// read and counted, not kept).
+/// read and counted, not kept). `/_demo/sick` makes it answer everything,
+/// `/health` included, with 503 until `/_demo/well`: a way to watch health
+/// checks, retries and the circuit breaker at work.
 pub async fn spawn_backend(addr: SocketAddr, name: &str) -> std::io::Result<SocketAddr> {
+    spawn_backend_with_delay(addr, name, Duration::ZERO).await
+}
+
+/// [`spawn_backend`], but every answer except `/health`'s waits `delay`
+/// first: a slow endpoint whose health checks still pass (`portcullis
+/// backend --delay`, for `benches/chaos.sh`).
+pub async fn spawn_backend_with_delay(
+    addr: SocketAddr,
+    name: &str,
+    delay: Duration,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let name: Arc<str> = Arc::from(name);
+    let sick = Arc::new(AtomicBool::new(false));
     tokio::spawn(async move {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         loop {
@@ -38,10 +54,12 @@ pub async fn spawn_backend(addr: SocketAddr, name: &str) -> std::io::Result<Sock
             let _ = stream.set_nodelay(true);
             let name = name.clone();
             let builder = builder.clone();
+            let sick = sick.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let name = name.clone();
-                    async move { Ok::<_, Infallible>(backend_answer(&name, req).await) }
+                    let sick = sick.clone();
+                    async move { Ok::<_, Infallible>(backend_answer(&name, delay, &sick, req).await) }
                 });
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
@@ -50,11 +68,32 @@ pub async fn spawn_backend(addr: SocketAddr, name: &str) -> std::io::Result<Sock
     Ok(local)
 }
 
-async fn backend_answer(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn backend_answer(
+    name: &str,
+    delay: Duration,
+    sick: &AtomicBool,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (parts, mut body) = req.into_parts();
+    match parts.uri.path() {
+        "/_demo/sick" => sick.store(true, Ordering::Relaxed),
+        "/_demo/well" => sick.store(false, Ordering::Relaxed),
+        _ => {}
+    }
+    if sick.load(Ordering::Relaxed) {
+        let text = format!("{}\n", serde_json::json!({ "backend": name, "sick": true }));
+        let mut resp = Response::new(Full::new(Bytes::from(text)));
+        *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return resp;
+    }
     let body_text = if parts.uri.path() == "/health" {
         r#"{"status":"ok"}"#.to_string()
     } else {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut body_bytes: u64 = 0;
         while let Some(Ok(frame)) = body.frame().await {
             if let Some(d) = frame.data_ref() {
@@ -274,6 +313,45 @@ pub fn commands(
         out.push('\n');
     }
     let admin = format!("http://{}", loopback(admin));
+    // Resilience: make one endpoint of an upstream with retries sick.
+    let resilient = config
+        .upstreams
+        .iter()
+        .find(|u| u.retry.is_some() && u.endpoints.len() > 1);
+    let route_to = |upstream: &str| {
+        config.routes.iter().find(|r| {
+            r.auth.is_none()
+                && (r.upstream.as_deref() == Some(upstream)
+                    || r.split
+                        .as_ref()
+                        .is_some_and(|s| s.iter().any(|t| t.upstream == upstream)))
+        })
+    };
+    if let (Some(u), Some(route)) = (resilient, resilient.and_then(|u| route_to(&u.name))) {
+        let sick = &u.endpoints[u.endpoints.len() - 1];
+        let path = route
+            .matcher
+            .path
+            .clone()
+            .or_else(|| {
+                route
+                    .matcher
+                    .path_prefix
+                    .clone()
+                    .map(|p| format!("{}/42", p.trim_end_matches('/')))
+            })
+            .unwrap_or_else(|| "/".into());
+        out.push_str(&format!(
+            "  # resilience: make backend {sick} of `{}` answer 503 (its /health too).\n  \
+             # Retries hide it at once (x-portcullis-attempts: 2), health checks take it\n  \
+             # out within seconds (see /status), and /_demo/well brings it back.\n  \
+             curl -s http://{sick}/_demo/sick\n  \
+             for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}} attempts=%header{{x-portcullis-attempts}}\\n' {base}{path}; done\n  \
+             curl -s {admin}/status | grep -E '\"(address|health)\"'\n  \
+             curl -s http://{sick}/_demo/well\n\n",
+            u.name
+        ));
+    }
     out.push_str(&format!(
         "  # no route: a problem document\n  curl -si {base}/nope\n\n\
          \x20 # admin port\n  curl -s {admin}/status\n  curl -s {admin}/metrics | grep portcullis_\n\n\

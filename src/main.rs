@@ -81,6 +81,10 @@ enum Command {
         /// Worker threads.
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Wait this long before every answer except `/health`'s (250ms,
+        /// 1s...): a slow endpoint whose health checks pass.
+        #[arg(long, default_value = "0")]
+        delay: String,
     },
 }
 
@@ -105,7 +109,8 @@ fn main() -> ExitCode {
             bind,
             name,
             workers,
-        } => backend(bind, &name, workers),
+            delay,
+        } => backend(bind, &name, workers, &delay),
     }
 }
 
@@ -334,7 +339,14 @@ async fn wait_and_drain(gateway: RunningGateway) -> ExitCode {
     }
 }
 
-fn backend(bind: SocketAddr, name: &str, workers: usize) -> ExitCode {
+fn backend(bind: SocketAddr, name: &str, workers: usize, delay: &str) -> ExitCode {
+    let delay = match portcullis::config::values::parse_duration(delay) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("portcullis backend: --delay: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(1))
         .enable_all()
@@ -344,7 +356,7 @@ fn backend(bind: SocketAddr, name: &str, workers: usize) -> ExitCode {
         return ExitCode::from(1);
     };
     rt.block_on(async {
-        match demo::spawn_backend(bind, name).await {
+        match demo::spawn_backend_with_delay(bind, name, delay).await {
             Ok(addr) => {
                 println!("backend {name} listening on {addr}");
                 let _ = tokio::signal::ctrl_c().await;

@@ -540,3 +540,44 @@ async fn jwks_url_keys_load_rotate_on_unknown_kid_and_survive_an_idp_outage() {
         "one fetch per kid miss"
     );
 }
+
+#[tokio::test]
+async fn hash_balancing_on_a_claim_keeps_each_subject_on_one_endpoint() {
+    let ups = [
+        spawn_upstream("e0").await,
+        spawn_upstream("e1").await,
+        spawn_upstream("e2").await,
+    ];
+    let eps: Vec<String> = ups.iter().map(|u| format!("'{}'", u.addr)).collect();
+    let yaml = format!(
+        "listeners: [{{ name: http, bind: '127.0.0.1:0' }}]\n\
+         admin: {{ bind: '127.0.0.1:0' }}\nserver: {{ access_log: false }}\n\
+         jwt:\n  - {{ name: main, issuer: test-issuer, audiences: [api], algorithms: [HS256], secret: '{SECRET}' }}\n\
+         upstreams: [{{ name: up, endpoints: [{}], balance: 'hash:claim:sub' }}]\n\
+         routes: [{{ name: r, match: {{ path_prefix: / }}, upstream: up, auth: {{ jwt: main }} }}]\n",
+        eps.join(", ")
+    );
+    let gw = start_gateway(&yaml).await;
+    let hmac = Signer::hmac(SECRET);
+    let mut owners = std::collections::HashMap::new();
+    for i in 0..60 {
+        let sub = format!("user-{i}");
+        // A fresh token per request: the claim decides, not the token.
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let mut c = claims(&sub, "");
+            c["jti"] = json!(format!("{}", fastrand::u64(..)));
+            let token = hmac.sign("HS256", &c);
+            let r = get_with(&gw, "/x", &[("authorization", &format!("Bearer {token}"))]).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            seen.push(r.body.split(' ').next().unwrap().to_string());
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "{sub}: {seen:?}");
+        *owners.entry(seen[0].clone()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        owners.len(),
+        3,
+        "subjects spread over every endpoint: {owners:?}"
+    );
+}

@@ -199,7 +199,13 @@ impl Upstream {
                     balance::least_requests(n, ok, |i| eps[i].in_flight())
                 }
                 _ => {
-                    let cursor = self.pool.cursor.fetch_add(1, Ordering::Relaxed);
+                    // Only first tries move the cursor: if retries did too, a
+                    // failing endpoint would come up for every other request.
+                    let cursor = if tried == 0 {
+                        self.pool.cursor.fetch_add(1, Ordering::Relaxed)
+                    } else {
+                        self.pool.cursor.load(Ordering::Relaxed)
+                    };
                     balance::round_robin(n, cursor, ok)
                 }
             }
