@@ -352,6 +352,31 @@ pub fn commands(
             u.name
         ));
     }
+    // Rate limits: a route with a policy, hit a few times more than its burst.
+    let limited = config.routes.iter().find_map(|r| {
+        let policy = config
+            .rate_limits
+            .iter()
+            .find(|p| Some(&p.name) == r.rate_limit.as_ref())?;
+        let path = r.matcher.path.clone().or_else(|| {
+            r.matcher
+                .path_prefix
+                .as_ref()
+                .map(|p| format!("{}/42", p.trim_end_matches('/')))
+        })?;
+        (r.auth.is_none() && r.matcher.headers.is_empty()).then_some((r, policy, path))
+    });
+    if let Some((route, policy, path)) = limited {
+        out.push_str(&format!(
+            "  # rate limit `{}` on route `{}`: {} at once, then {} per client (429 beyond)\n  \
+             for i in $(seq {}); do curl -s -o /dev/null -w '%{{http_code}} %header{{ratelimit}}\\n' -H 'x-api-key: demo' {base}{path}; done\n\n",
+            policy.name,
+            route.name,
+            policy.burst,
+            policy.rate,
+            policy.burst + 2,
+        ));
+    }
     out.push_str(&format!(
         "  # no route: a problem document\n  curl -si {base}/nope\n\n\
          \x20 # admin port\n  curl -s {admin}/status\n  curl -s {admin}/metrics | grep portcullis_\n\n\

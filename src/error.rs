@@ -46,6 +46,18 @@ pub enum Reject {
         reason: &'static str,
         retry_after_secs: u64,
     },
+    /// The client's token bucket is empty.
+    #[error("rate limit `{policy}` exceeded: retry in {retry_after_secs} s")]
+    RateLimited {
+        policy: Arc<str>,
+        retry_after_secs: u64,
+    },
+    /// Shed: the gateway (or the upstream's bulkhead) is at its limit.
+    #[error("the gateway is overloaded ({reason}): retry shortly")]
+    Overloaded {
+        reason: &'static str,
+        upstream: Option<Arc<str>>,
+    },
 }
 
 /// What went wrong talking to an upstream (for `detail` and logs).
@@ -70,7 +82,7 @@ impl std::fmt::Display for UpstreamFailure {
 
 /// Every error code, in a fixed order (the index of a code is used for
 /// per-route metric handle tables).
-pub const CODES: [&str; 10] = [
+pub const CODES: [&str; 12] = [
     "bad_request",
     "no_route",
     "payload_too_large",
@@ -81,7 +93,12 @@ pub const CODES: [&str; 10] = [
     "forbidden",
     "auth_unavailable",
     "upstream_unavailable",
+    "rate_limited",
+    "overloaded",
 ];
+
+/// `Retry-After` for `overloaded`.
+const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
 
 /// `Retry-After` for `auth_unavailable`: about when a key fetch is retried.
 const AUTH_RETRY_AFTER_SECS: &str = "5";
@@ -100,6 +117,8 @@ impl Reject {
             Reject::Forbidden { .. } => StatusCode::FORBIDDEN,
             Reject::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Reject::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Reject::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -116,6 +135,8 @@ impl Reject {
             Reject::Forbidden { .. } => 7,
             Reject::AuthUnavailable { .. } => 8,
             Reject::UpstreamUnavailable { .. } => 9,
+            Reject::RateLimited { .. } => 10,
+            Reject::Overloaded { .. } => 11,
         }
     }
 
@@ -125,11 +146,30 @@ impl Reject {
         CODES[self.code_index()]
     }
 
+    /// Seconds for `Retry-After` and the problem's `retry_after`.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Reject::UpstreamUnavailable {
+                retry_after_secs, ..
+            }
+            | Reject::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            // Shedding clears within a latency or two; a second is plenty.
+            Reject::Overloaded { .. } => Some(OVERLOADED_RETRY_AFTER_SECS),
+            _ => None,
+        }
+    }
+
     fn upstream(&self) -> Option<&str> {
         match self {
             Reject::BadGateway { upstream, .. }
             | Reject::UpstreamTimeout { upstream, .. }
-            | Reject::UpstreamUnavailable { upstream, .. } => Some(upstream),
+            | Reject::UpstreamUnavailable { upstream, .. }
+            | Reject::Overloaded {
+                upstream: Some(upstream),
+                ..
+            } => Some(upstream),
             _ => None,
         }
     }
@@ -148,11 +188,11 @@ impl Reject {
         if let Some(u) = self.upstream() {
             doc["upstream"] = u.into();
         }
-        if let Reject::UpstreamUnavailable {
-            retry_after_secs, ..
-        } = self
-        {
-            doc["retry_after"] = (*retry_after_secs).into();
+        if let Some(secs) = self.retry_after() {
+            doc["retry_after"] = secs.into();
+        }
+        if let Reject::RateLimited { policy, .. } = self {
+            doc["policy"] = policy.as_ref().into();
         }
         let body = serde_json::to_vec(&doc).unwrap_or_default();
         let mut resp = Response::new(ResponseBody::full(Bytes::from(body)));
@@ -185,10 +225,12 @@ impl Reject {
             Reject::AuthUnavailable { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static(AUTH_RETRY_AFTER_SECS));
             }
-            Reject::UpstreamUnavailable {
-                retry_after_secs, ..
-            } => {
-                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            Reject::UpstreamUnavailable { .. }
+            | Reject::RateLimited { .. }
+            | Reject::Overloaded { .. } => {
+                if let Some(secs) = self.retry_after() {
+                    headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+                }
             }
             _ => {}
         }
@@ -227,6 +269,14 @@ mod tests {
                 reason: "circuit open",
                 retry_after_secs: 3,
             },
+            Reject::RateLimited {
+                policy: Arc::from("p"),
+                retry_after_secs: 1,
+            },
+            Reject::Overloaded {
+                reason: "max_in_flight",
+                upstream: None,
+            },
         ]
     }
 
@@ -249,6 +299,8 @@ mod tests {
                 (403, "forbidden"),
                 (503, "auth_unavailable"),
                 (503, "upstream_unavailable"),
+                (429, "rate_limited"),
+                (503, "overloaded"),
             ]
         );
     }

@@ -90,6 +90,9 @@ pub enum StartError {
     },
 }
 
+/// How often rate-limit keys whose bucket is full again are forgotten.
+const BUCKET_SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 pub struct Gateway;
 
 impl Gateway {
@@ -146,6 +149,14 @@ impl Gateway {
         }));
         tasks.push(tokio::spawn(tls::listener::watch(shared.clone())));
         tasks.push(tokio::spawn(auth::watch(shared.clone())));
+        tasks.push(tokio::spawn(limits::rate::sweep_forever(
+            shared.clone(),
+            BUCKET_SWEEP_EVERY,
+        )));
+        shared
+            .state
+            .shedder
+            .reset(shared.snapshot.load().shedding.as_ref());
         shared.ready.store(true, Ordering::Relaxed);
         Ok(RunningGateway {
             shared,

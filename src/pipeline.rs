@@ -2,13 +2,15 @@
 //!
 //! | # | step | module | can answer |
 //! |---|------|--------|------------|
-//! | 1 | admit: request id, traceparent, head size, mTLS subject | `proxy`, `limits` | 431 `headers_too_large` |
+//! | 1 | admit: in-flight cap and adaptive limit (before any other work), request id, traceparent, head size, mTLS subject | `limits::shed`, `proxy`, `limits` | 503 `overloaded`, 431 `headers_too_large` |
 //! | 2 | route: host, path, method, headers | `routing` | 404 `no_route` |
 //! | 2b | authenticate: bearer token, scopes, forwarded claims; declared body size | `auth`, `limits` | 401 `unauthorized`, 403 `forbidden`, 503 `auth_unavailable`, 400 `bad_request`, 413 `payload_too_large` |
-//! | 3 | choose upstream: weighted split; the client key for `hash:` balancing | `routing::split`, `client_key` | |
+//! | 2c | rate limit: the route's policy, first key present | `limits::rate`, `client_key` | 429 `rate_limited` |
+//! | 2d | priority: room kept for more important routes | `limits::shed` | 503 `overloaded` |
+//! | 3 | choose upstream: weighted split; its bulkhead (`max_in_flight`); the client key for `hash:` balancing | `routing::split`, `limits::shed`, `client_key` | 503 `overloaded` |
 //! | 4 | rewrite: `strip_prefix`, header hygiene, `X-Forwarded-*` | `proxy` | |
 //! | 5 | forward, try by try: circuit breaker, healthy endpoint, pooled connection, timeouts, outcome to breaker and outlier detection, retry within budget and deadline | `upstream::{breaker, balance, health, retry}` | 503 `upstream_unavailable`, 413 (body cut while streaming), 502 `bad_gateway`, 504 `upstream_timeout` |
-//! | 6 | respond: hop-by-hop removal, `x-request-id`, drain `Connection: close`, metrics and access log when the body ends | `proxy`, `telemetry` | |
+//! | 6 | respond: hop-by-hop removal, `x-request-id`, `RateLimit` headers, drain `Connection: close`, metrics and access log when the body ends | `proxy`, `telemetry` | |
 //!
 //! [`handle`] never fails: it runs [`run`] and turns a [`Reject`] into the
 //! contract's problem document through `error.rs`, the only place that does.
@@ -24,7 +26,10 @@ use tokio::time::Instant;
 
 use crate::body::{self, Replay, RequestBody, ResponseBody};
 use crate::client_key::KeySource;
+use crate::config::LimitMode;
 use crate::error::Reject;
+use crate::limits::rate::{RATELIMIT, RATELIMIT_POLICY};
+use crate::limits::shed::{ShedPolicy, ShedReason, Shedder, Slot};
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::Exchange;
@@ -65,11 +70,18 @@ pub async fn handle(
         completed: false,
         access_log: snap.access_log,
         in_flight: shared.metrics.in_flight.clone(),
+        rate_headers: None,
+        shadow_limited: None,
+        shadow_shed: None,
+        slots: [None, None],
         _busy: Some(conn.state.busy()),
     };
     let version = req.version();
+    let load = Load {
+        shedder: &shared.state.shedder,
+    };
 
-    let mut resp = match run(&snap, conn, req, &mut exchange).await {
+    let mut resp = match run(&snap, &load, conn, req, &mut exchange).await {
         Ok(resp) => resp,
         Err(reject) => {
             exchange.route.rejected(reject.code_index());
@@ -83,6 +95,10 @@ pub async fn handle(
     if exchange.attempts_header {
         headers.insert(X_PORTCULLIS_ATTEMPTS.clone(), exchange.attempts.into());
     }
+    if let Some((policy, state)) = &exchange.rate_headers {
+        headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
+        headers.insert(RATELIMIT.clone(), state.clone());
+    }
     if shared.is_draining() && version <= Version::HTTP_11 {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
@@ -91,9 +107,15 @@ pub async fn handle(
     resp
 }
 
+/// The gateway's load: admitted requests and the adaptive limit.
+struct Load<'a> {
+    shedder: &'a Shedder,
+}
+
 /// Steps 1–6; any step may refuse with a [`Reject`].
 async fn run(
     snap: &Snapshot,
+    load: &Load<'_>,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     exchange: &mut Exchange,
@@ -103,7 +125,7 @@ async fn run(
         route,
         upstream,
         key,
-    } = match admit_and_route(snap, conn, &mut req, exchange) {
+    } = match admit_and_route(snap, load, conn, &mut req, exchange) {
         Ok(x) => x,
         Err(reject) => {
             body::linger(req.into_body());
@@ -117,7 +139,12 @@ async fn run(
 
     // 5. forward
     let timeout = route.timeout.unwrap_or(upstream.request_timeout);
-    let resp = forward(&upstream, key, req, timeout, exchange).await?;
+    let adaptive = snap
+        .shedding
+        .as_ref()
+        .filter(|p| p.adaptive)
+        .map(|p| (load.shedder, p));
+    let resp = forward(&upstream, key, req, timeout, adaptive, exchange).await?;
 
     // 6. respond
     let (mut parts, body) = resp.into_parts();
@@ -133,14 +160,21 @@ struct Chosen {
     key: Option<u64>,
 }
 
-/// Steps 1–3: limits and trace context, route, backend.
+/// Steps 1–3: load and limits, trace context, route, authentication, rate
+/// limit, upstream.
 fn admit_and_route(
     snap: &Snapshot,
+    load: &Load<'_>,
     conn: &ConnInfo,
     req: &mut Request<Incoming>,
     exchange: &mut Exchange,
 ) -> Result<Chosen, Reject> {
-    // 1. admit
+    // 1. admit: shed first, so a refusal costs next to nothing.
+    if let Some(policy) = &snap.shedding {
+        if let Some(reason) = load.shedder.full(policy) {
+            shed(load.shedder, policy.mode, reason, None, exchange)?;
+        }
+    }
     limits::check_head(req, &snap.limits)?;
     proxy::ensure_traceparent(req.headers_mut());
     // Before routing, so routes can match on the verified subject.
@@ -168,19 +202,50 @@ fn admit_and_route(
         None => None,
     };
     limits::check_declared_body(req, &snap.limits)?;
+    let keys = KeySource {
+        peer: proxy::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies),
+        headers: req.headers(),
+        client_cert_subject: conn.client_cert_subject.as_ref(),
+        token: token.as_deref(),
+        route: &route.name,
+    };
+
+    // 2c. rate limit
+    if let Some(policy) = &route.rate_limit {
+        policy.admit(&keys, exchange)?;
+    }
+
+    // 2d. priority: take a place among the admitted requests
+    if let Some(policy) = &snap.shedding {
+        match load.shedder.admit(policy, route.priority) {
+            Ok(slot) => exchange.slots[0] = Some(slot),
+            Err(reason) => shed(load.shedder, policy.mode, reason, None, exchange)?,
+        }
+    }
 
     // 3. choose upstream
     let upstream = route.split.pick().ok_or(Reject::NoRoute)?.clone();
+    if let Some((max, count)) = &upstream.bulkhead {
+        let (slot, n) = Slot::take(count);
+        if n > *max {
+            drop(slot);
+            let mode = snap
+                .shedding
+                .as_ref()
+                .map_or(LimitMode::Enforce, |p| p.mode);
+            shed(
+                load.shedder,
+                mode,
+                ShedReason::Upstream,
+                Some(&upstream),
+                exchange,
+            )?;
+        } else {
+            exchange.slots[1] = Some(slot);
+        }
+    }
     let key = match &upstream.balance {
-        Balance::Hash(key) => key
-            .read(&KeySource {
-                peer: conn.peer.ip(),
-                headers: req.headers(),
-                client_cert_subject: conn.client_cert_subject.as_ref(),
-                token: token.as_deref(),
-                route: &route.name,
-            })
-            .map(|k| balance::hash_bytes(k.as_bytes())),
+        Balance::Hash(key) => key.read(&keys).map(|k| balance::hash_bytes(k.as_bytes())),
         _ => None,
     };
     Ok(Chosen {
@@ -188,6 +253,24 @@ fn admit_and_route(
         upstream,
         key,
     })
+}
+
+/// Refuses a request (enforce) or marks it for the access log (shadow).
+fn shed(
+    shedder: &Shedder,
+    mode: LimitMode,
+    reason: ShedReason,
+    upstream: Option<&Upstream>,
+    exchange: &mut Exchange,
+) -> Result<(), Reject> {
+    if shedder.shed(reason, mode) {
+        return Err(Reject::Overloaded {
+            reason: reason.as_str(),
+            upstream: upstream.map(|u| u.name.clone()),
+        });
+    }
+    exchange.shadow_shed = Some(reason.as_str());
+    Ok(())
 }
 
 /// Step 5: tries the upstream until an answer is final. A retry needs a
@@ -200,12 +283,15 @@ async fn forward(
     key: Option<u64>,
     req: Request<RequestBody>,
     timeout: Duration,
+    adaptive: Adaptive<'_>,
     exchange: &mut Exchange,
 ) -> Result<Response<Incoming>, Reject> {
     let deadline = Instant::now() + timeout;
     exchange.attempts = 1;
     let Some((policy, budget)) = &upstream.retry else {
-        return try_once(upstream, key, 0, req, deadline, exchange).await.0;
+        return try_once(upstream, key, 0, req, deadline, adaptive, exchange)
+            .await
+            .0;
     };
     budget.deposit();
     exchange.attempts_header = policy.attempts_header;
@@ -227,7 +313,8 @@ async fn forward(
             .per_try_timeout
             .map_or(deadline, |t| deadline.min(Instant::now() + t));
         let req = Request::from_parts(copy_head(&head), this_body);
-        let (result, outcome, index) = try_once(upstream, key, tried, req, per_try, exchange).await;
+        let (result, outcome, index) =
+            try_once(upstream, key, tried, req, per_try, adaptive, exchange).await;
         let again = outcome.is_some_and(|o| policy.retries_on(o, idempotent));
         if attempt > 1 {
             let counter = if again {
@@ -254,6 +341,9 @@ async fn forward(
     }
 }
 
+/// The adaptive concurrency limit, fed with each try's latency.
+type Adaptive<'a> = Option<(&'a Shedder, &'a ShedPolicy)>;
+
 /// One try: the circuit breaker admits it, the balancer picks an available
 /// endpoint, the exchange runs until `deadline`, and its outcome feeds the
 /// breaker and outlier detection. Returns the result, its outcome (`None`
@@ -264,6 +354,7 @@ async fn try_once(
     tried: u64,
     req: Request<RequestBody>,
     deadline: Instant,
+    adaptive: Adaptive<'_>,
     exchange: &mut Exchange,
 ) -> (
     Result<Response<Incoming>, Reject>,
@@ -289,9 +380,13 @@ async fn try_once(
         );
     };
     exchange.endpoint = Some(endpoint.addr.clone());
-    let timeout = deadline.saturating_duration_since(Instant::now());
+    let started = Instant::now();
+    let timeout = deadline.saturating_duration_since(started);
     let result = upstream::forward(upstream, endpoint, req, timeout).await;
     let outcome = upstream::outcome_of(&result);
+    if let (Some((shedder, policy)), Some(_)) = (adaptive, outcome) {
+        shedder.sample(policy, started.elapsed());
+    }
     if let Some(o) = outcome {
         health::observe(upstream, endpoint, o.is_transport_failure());
     }

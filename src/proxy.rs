@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
 use http::HeaderMap;
 
+use crate::config::Cidr;
+
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -55,6 +57,37 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// The client's address for `ip` keys: the TCP peer, unless the peer is a
+/// trusted proxy; then `X-Forwarded-For` is read from the right, each
+/// trusted hop naming the one before it, and the first untrusted address is
+/// the client. Entries a client wrote itself (left of the first untrusted
+/// one) are never believed.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if trusted.is_empty() || !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for line in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(text) = line.to_str() else {
+            return client;
+        };
+        for entry in text.rsplit(',') {
+            match entry.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !is_trusted(ip) {
+                        return client;
+                    }
+                }
+                // Garbage (or a port, or `unknown`): stop at what we know.
+                Err(_) => return client,
+            }
+        }
+    }
+    client
 }
 
 /// Replaces any client-sent `x-client-cert-subject` with the subject of the
@@ -211,6 +244,34 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.com");
         assert_eq!(h["host"], "a.com");
+    }
+
+    #[test]
+    fn client_ip_believes_only_trusted_hops() {
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4, 10.0.0.9"),
+        );
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(peer, &h, &[]),
+            peer,
+            "no trusted proxies: the peer"
+        );
+        let stranger: IpAddr = "8.8.8.8".parse().unwrap();
+        assert_eq!(
+            client_ip(stranger, &h, &trusted),
+            stranger,
+            "an untrusted peer's header is ignored"
+        );
+        h.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
+        assert_eq!(client_ip(peer, &h, &trusted), peer);
     }
 
     #[test]

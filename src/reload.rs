@@ -207,6 +207,9 @@ async fn apply(shared: &Arc<Shared>) -> Result<(Option<Vec<Change>>, Vec<String>
 
     // Point of no return: everything below only swaps.
     let new = Arc::new(new);
+    if new.shedding != old.shedding {
+        shared.state.shedder.reset(new.shedding.as_ref());
+    }
     shared.snapshot.store(new.clone());
     start_listeners(plan, shared);
     shared.state.retain(&loaded.config);

@@ -13,8 +13,11 @@ use http::{HeaderName, HeaderValue, Method};
 use crate::auth::JwtProvider;
 use crate::client_key::ClientKey;
 use crate::config::{
-    self, AdminConfig, ConfigError, ConfigErrors, KeySpec, Loaded, RouteAuthConfig, ServerConfig,
+    self, AdminConfig, Cidr, ConfigError, ConfigErrors, KeySpec, Loaded, Priority, RouteAuthConfig,
+    ServerConfig,
 };
+use crate::limits::rate::RatePolicy;
+use crate::limits::shed::ShedPolicy;
 use crate::limits::SizeLimits;
 use crate::routing::split::Split;
 use crate::routing::{Conditions, PathMatch, Router};
@@ -44,6 +47,8 @@ pub struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// `None` for `auth: none` (or no `auth`).
     pub auth: Option<RouteAuth>,
+    pub rate_limit: Option<Arc<RatePolicy>>,
+    pub priority: Priority,
 }
 
 /// Everything a request needs from the config, compiled.
@@ -68,6 +73,9 @@ pub struct Snapshot {
     /// Headers any provider forwards claims in: removed from every request
     /// before routing, so clients cannot spoof them.
     pub claim_headers: Vec<HeaderName>,
+    pub shedding: Option<ShedPolicy>,
+    /// Peers whose `X-Forwarded-For` names the client for `ip` keys.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Snapshot {
@@ -123,18 +131,40 @@ impl Snapshot {
                     .as_ref()
                     .filter(|r| r.attempts > 0)
                     .map(|r| (RetryPolicy::new(r), state.retry_budget(&u.name))),
+                bulkhead: u
+                    .max_in_flight
+                    .map(|max| (max as usize, state.upstream_in_flight(&u.name))),
             });
             upstreams.insert(&u.name, upstream.clone());
             upstream_list.push(upstream);
         }
 
         // Claims that client keys read, kept on every verified token.
-        let key_claims: Vec<String> = config
+        let mut key_claims: Vec<String> = config
             .upstreams
             .iter()
             .filter_map(|u| match &u.balance {
                 config::Balance::Hash(KeySpec::Claim(c)) => Some(c.clone()),
                 _ => None,
+            })
+            .collect();
+        for r in &config.rate_limits {
+            for k in r.key.iter() {
+                if let KeySpec::Claim(c) = k {
+                    if !key_claims.contains(c) {
+                        key_claims.push(c.clone());
+                    }
+                }
+            }
+        }
+        let policies: HashMap<&str, Arc<RatePolicy>> = config
+            .rate_limits
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    Arc::new(RatePolicy::new(r, state.buckets(&r.name))),
+                )
             })
             .collect();
         let mut providers: HashMap<&str, Arc<JwtProvider>> = HashMap::new();
@@ -220,6 +250,11 @@ impl Snapshot {
                     }
                     _ => None,
                 },
+                rate_limit: r
+                    .rate_limit
+                    .as_deref()
+                    .and_then(|name| policies.get(name).cloned()),
+                priority: r.priority,
             };
             router.add(path, conditions, Arc::new(route));
         }
@@ -244,6 +279,8 @@ impl Snapshot {
             conn: Arc::new(ConnRuntime::new(ConnSettings::from_config(&config.server))),
             raw: loaded.raw.clone(),
             claim_headers,
+            shedding: config.shedding.as_ref().map(ShedPolicy::new),
+            trusted_proxies: config.server.trusted_proxies.clone(),
         })
     }
 }

@@ -13,10 +13,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use std::sync::atomic::AtomicUsize;
+
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::auth::keys::{KeySet, KeySource, KeyStore};
+use crate::limits::rate::Buckets;
+use crate::limits::shed::Shedder;
 use crate::snapshot::Snapshot;
 use crate::telemetry::{Metrics, RouteMetrics, UpstreamMetrics, UPSTREAM_ENDPOINT_HEALTHY};
 use crate::tls::UpstreamTls;
@@ -29,6 +33,10 @@ type EndpointKey = (String, String);
 
 pub struct State {
     pub metrics: Arc<Metrics>,
+    /// In-flight count and adaptive limit of the whole gateway.
+    pub shedder: Shedder,
+    buckets: Mutex<HashMap<String, Arc<Buckets>>>,
+    upstream_in_flight: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
     endpoints: Mutex<HashMap<EndpointKey, Arc<Endpoint>>>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
@@ -59,6 +67,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl State {
     pub fn new(metrics: Arc<Metrics>) -> State {
         State {
+            shedder: Shedder::new(&metrics),
+            buckets: Mutex::default(),
+            upstream_in_flight: Mutex::default(),
             metrics,
             pools: Mutex::default(),
             endpoints: Mutex::default(),
@@ -120,6 +131,27 @@ impl State {
         lock(&self.breakers)
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(Breaker::new(name, &self.metrics)))
+            .clone()
+    }
+
+    /// The buckets of rate-limit policy `name`.
+    pub fn buckets(&self, name: &str) -> Arc<Buckets> {
+        lock(&self.buckets)
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(Buckets::new(name, &self.metrics)))
+            .clone()
+    }
+
+    /// Every policy's buckets (for the sweep).
+    pub fn all_buckets(&self) -> Vec<Arc<Buckets>> {
+        lock(&self.buckets).values().cloned().collect()
+    }
+
+    /// The in-flight count of upstream `name` (its bulkhead).
+    pub fn upstream_in_flight(&self, name: &str) -> Arc<AtomicUsize> {
+        lock(&self.upstream_in_flight)
+            .entry(name.to_string())
+            .or_default()
             .clone()
     }
 
@@ -234,6 +266,8 @@ impl State {
         };
         lock(&self.breakers).retain(|name, _| with(name, |u| u.circuit_breaker.is_some()));
         lock(&self.budgets).retain(|name, _| with(name, |u| u.retry.is_some()));
+        lock(&self.upstream_in_flight).retain(|name, _| upstream(name));
+        lock(&self.buckets).retain(|name, _| config.rate_limits.iter().any(|r| r.name == *name));
         lock(&self.routes)
             .retain(|name, _| name.is_empty() || config.routes.iter().any(|r| r.name == *name));
         lock(&self.key_stores).retain(|name, _| config.jwt.iter().any(|j| j.name == *name));

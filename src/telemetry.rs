@@ -26,6 +26,10 @@ pub const UPSTREAM_ENDPOINT_HEALTHY: &str = "portcullis_upstream_endpoint_health
 pub const CIRCUIT_STATE: &str = "portcullis_circuit_state";
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "portcullis_circuit_transitions_total";
 pub const UPSTREAM_RETRIES_TOTAL: &str = "portcullis_upstream_retries_total";
+pub const RATE_LIMITED_TOTAL: &str = "portcullis_rate_limited_total";
+pub const RATE_LIMIT_KEYS: &str = "portcullis_rate_limit_keys";
+pub const SHED_TOTAL: &str = "portcullis_shed_total";
+pub const CONCURRENCY_LIMIT: &str = "portcullis_concurrency_limit";
 pub const CONNECTIONS_TOTAL: &str = "portcullis_connections_total";
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "portcullis_connections_rejected_total";
 pub const OPEN_CONNECTIONS: &str = "portcullis_open_connections";
@@ -205,6 +209,15 @@ pub struct Exchange {
     pub completed: bool,
     pub access_log: bool,
     pub in_flight: Gauge,
+    /// `RateLimit-Policy` and `RateLimit` for the response (rate-limited routes).
+    pub rate_headers: Option<(HeaderValue, HeaderValue)>,
+    /// The policy that would have refused this request in shadow mode.
+    pub shadow_limited: Option<Arc<str>>,
+    /// The shedding reason that would have refused it in shadow mode.
+    pub shadow_shed: Option<&'static str>,
+    /// Places in the gateway's and the upstream's in-flight counts, given
+    /// back when the response is over.
+    pub slots: [Option<crate::limits::shed::Slot>; 2],
     /// Held until the response is over: marks the connection busy.
     pub _busy: Option<crate::server::Busy>,
 }
@@ -238,6 +251,8 @@ impl Exchange {
             bytes_out = self.bytes_out,
             request_id = self.request_id.to_str().unwrap_or(""),
             error = self.error.unwrap_or(""),
+            shadow_rate_limited = self.shadow_limited.as_deref().unwrap_or(""),
+            shadow_shed = self.shadow_shed.unwrap_or(""),
             completed = self.completed,
         );
     }

@@ -7,6 +7,7 @@
 //! (cross-references, duplicates, weights). Nothing here knows about runtime.
 
 pub mod diff;
+pub mod limits;
 pub mod resilience;
 pub mod validate;
 pub mod values;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+pub use limits::{Cidr, KeyList, LimitMode, Priority, Rate, RateLimitConfig, SheddingConfig};
 pub use resilience::{
     Balance, CircuitBreakerConfig, HealthCheckConfig, KeySpec, OutcomeName, OutlierConfig,
     RetryConfig, StatusRange,
@@ -36,6 +38,10 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub jwt: Vec<JwtProviderConfig>,
+    #[serde(default)]
+    pub shedding: Option<SheddingConfig>,
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitConfig>,
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
@@ -276,6 +282,8 @@ pub struct ServerConfig {
     pub drain_timeout: Dur,
     /// One JSON line per request on stdout (added to the contract).
     pub access_log: bool,
+    /// Peers whose `X-Forwarded-For` is believed for the `ip` client key.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Default for ServerConfig {
@@ -290,6 +298,7 @@ impl Default for ServerConfig {
             drain_delay: Dur::secs(0),
             drain_timeout: Dur::secs(30),
             access_log: true,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -315,6 +324,9 @@ pub struct UpstreamConfig {
     pub circuit_breaker: Option<CircuitBreakerConfig>,
     #[serde(default)]
     pub retry: Option<RetryConfig>,
+    /// Bulkhead: requests in flight to this upstream before 503 `overloaded`.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
 }
 
 fn default_connect_timeout() -> Dur {
@@ -341,6 +353,11 @@ pub struct RouteConfig {
     /// No `auth` is the same as `auth: none`.
     #[serde(default)]
     pub auth: Option<RouteAuthConfig>,
+    /// A `rate_limits[]` policy by name.
+    #[serde(default)]
+    pub rate_limit: Option<String>,
+    #[serde(default)]
+    pub priority: Priority,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -666,18 +683,7 @@ fn deserialize_all(
 /// Contract keys owned by issues that have not landed yet get a clearer word
 /// than "unknown key".
 fn unknown_key_message(path: &str) -> String {
-    const PLANNED: &[&str] = &[
-        "shedding",
-        "versioning",
-        "rate_limits",
-        "max_in_flight",
-        "rate_limit",
-        "priority",
-        "deprecation",
-        "sticky",
-        "guard",
-        "version",
-    ];
+    const PLANNED: &[&str] = &["versioning", "deprecation", "sticky", "guard", "version"];
     let key = path.rsplit(['.', '[']).next().unwrap_or(path);
     if PLANNED.contains(&key) {
         format!("`{key}` is part of the Portcullis contract but not supported by this build yet")

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::{
-    resilience, Config, JwtProviderConfig, ListenerTlsConfig, MatchConfig, RouteAuthConfig,
+    limits, resilience, Config, JwtProviderConfig, ListenerTlsConfig, MatchConfig, RouteAuthConfig,
     RouteConfig,
 };
 
@@ -117,6 +117,9 @@ pub fn validate(config: &Config, report: &mut Report<'_>) {
         if let Some(r) = &u.retry {
             resilience::validate_retry(r, &at("retry"), report);
         }
+        if u.max_in_flight == Some(0) {
+            report(&at("max_in_flight"), false, "must be at least 1".into());
+        }
         if let Some(sni) = u.tls.as_ref().and_then(|t| t.sni.as_deref()) {
             if rustls::pki_types::ServerName::try_from(sni).is_err() {
                 report(
@@ -150,6 +153,30 @@ pub fn validate(config: &Config, report: &mut Report<'_>) {
                         "a scope is one non-empty word".into(),
                     );
                 }
+            }
+        }
+    }
+
+    if let Some(sh) = &config.shedding {
+        limits::validate_shedding(sh, report);
+    }
+    unique_names(
+        config.rate_limits.iter().map(|r| r.name.as_str()),
+        "rate_limits",
+        report,
+    );
+    for (i, r) in config.rate_limits.iter().enumerate() {
+        limits::validate_rate_limit(r, &format!("rate_limits[{i}]"), report);
+    }
+    let policies: Vec<&str> = config.rate_limits.iter().map(|r| r.name.as_str()).collect();
+    for (i, r) in config.routes.iter().enumerate() {
+        if let Some(name) = &r.rate_limit {
+            if !policies.contains(&name.as_str()) {
+                report(
+                    &format!("routes[{i}].rate_limit"),
+                    false,
+                    format!("unknown rate limit `{name}`{}", suggest(name, &policies)),
+                );
             }
         }
     }

@@ -3,6 +3,9 @@
 //! refused before anything is read; a chunked body is cut while it streams
 //! (see [`crate::body::RequestBody`]).
 
+pub mod rate;
+pub mod shed;
+
 use http::Request;
 
 use crate::error::Reject;

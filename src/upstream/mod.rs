@@ -164,6 +164,8 @@ pub struct Upstream {
     pub outlier: Option<OutlierPolicy>,
     pub breaker: Option<(BreakerPolicy, Arc<Breaker>)>,
     pub retry: Option<(RetryPolicy, Arc<RetryBudget>)>,
+    /// `max_in_flight` and the upstream's in-flight count.
+    pub bulkhead: Option<(usize, Arc<std::sync::atomic::AtomicUsize>)>,
 }
 
 /// `balance:`, compiled.

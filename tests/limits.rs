@@ -1,0 +1,396 @@
+//! Rate limits, load shedding, priorities and bulkheads (issue 5), against
+//! real upstreams and real clients: bursts and refills, RateLimit headers,
+//! key isolation and sources, shadow mode, the in-flight cap with a slow
+//! upstream, per-upstream bulkheads and critical traffic under overload.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::{Request, StatusCode};
+use portcullis::RunningGateway;
+
+fn config(upstreams: &str, routes: &str, top: &str) -> String {
+    format!(
+        "listeners:\n  - {{ name: http, bind: '127.0.0.1:0' }}\nadmin: {{ bind: '127.0.0.1:0' }}\n\
+         server: {{ access_log: false, trusted_proxies: ['127.0.0.1'] }}\n{top}\
+         upstreams:\n{upstreams}routes:\n{routes}"
+    )
+}
+
+async fn call(gw: &RunningGateway, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut req = Request::get(format!("http://{}{path}", gw.addr("http").unwrap()));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(&http1_client(), req.body(empty()).unwrap()).await
+}
+
+fn up(name: &str, addr: SocketAddr, extra: &str) -> String {
+    format!("  - {{ name: {name}, endpoints: ['{addr}']{extra} }}\n")
+}
+
+fn route(name: &str, prefix: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        "  - {{ name: {name}, match: {{ path_prefix: {prefix} }}, upstream: {upstream}{extra} }}\n"
+    )
+}
+
+const POLICY: &str =
+    "rate_limits:\n  - { name: per-client, key: [header:x-api-key, ip], rate: 2/s, burst: 3 }\n";
+
+#[tokio::test]
+async fn a_burst_then_429_with_retry_after_and_ratelimit_headers_then_refill() {
+    let a = spawn_upstream("a").await;
+    let gw = start_gateway(&config(
+        &up("a", a.addr, ""),
+        &route("r", "/", "a", ", rate_limit: per-client"),
+        POLICY,
+    ))
+    .await;
+    let key = [("x-api-key", "k1")];
+    for remaining in [2, 1, 0] {
+        let r = call(&gw, "/x", &key).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers["ratelimit-policy"], "\"per-client\";q=3;w=2");
+        let state = r.headers["ratelimit"].to_str().unwrap().to_string();
+        assert!(
+            state.starts_with(&format!("\"per-client\";r={remaining};t=")),
+            "{state}"
+        );
+    }
+    let r = call(&gw, "/x", &key).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(r.headers["ratelimit"], "\"per-client\";r=0;t=2");
+    let doc = r.json();
+    assert_eq!(doc["error"], "rate_limited");
+    assert_eq!(doc["policy"], "per-client");
+    assert_eq!(doc["retry_after"], 1);
+    assert_eq!(
+        a.seen.hits.load(Ordering::SeqCst),
+        3,
+        "refused requests stay here"
+    );
+
+    // One token every 500 ms.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(call(&gw, "/x", &key).await.status, 200);
+    assert_eq!(call(&gw, "/x", &key).await.status, 429);
+    let m = admin(&gw, "/metrics").await.body;
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_rate_limited_total{policy=\"per-client\",mode=\"enforce\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_rejections_total{reason=\"rate_limited\",route=\"r\"}"
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn keys_are_isolated_and_come_from_the_first_source_present() {
+    let a = spawn_upstream("a").await;
+    let gw = start_gateway(&config(
+        &up("a", a.addr, ""),
+        &route("r", "/", "a", ", rate_limit: per-client"),
+        POLICY,
+    ))
+    .await;
+    let status = async |h: &[(&str, &str)]| call(&gw, "/", h).await.status.as_u16();
+    for _ in 0..3 {
+        assert_eq!(status(&[("x-api-key", "alice")]).await, 200);
+    }
+    assert_eq!(status(&[("x-api-key", "alice")]).await, 429);
+    assert_eq!(
+        status(&[("x-api-key", "bob")]).await,
+        200,
+        "bob has his own bucket"
+    );
+
+    // No API key: the client's address. The peer (127.0.0.1) is a trusted
+    // proxy, so X-Forwarded-For names the client, read from the right.
+    let ip = |addr: &'static str| [("x-forwarded-for", addr)];
+    for _ in 0..3 {
+        assert_eq!(status(&ip("203.0.113.7")).await, 200);
+    }
+    assert_eq!(status(&ip("203.0.113.7")).await, 429);
+    assert_eq!(
+        status(&[("x-forwarded-for", "198.51.100.1, 203.0.113.7")]).await,
+        429,
+        "an address the client wrote on the left changes nothing"
+    );
+    assert_eq!(status(&ip("203.0.113.8")).await, 200, "another client");
+    assert_eq!(
+        status(&[("x-api-key", "carol"), ("x-forwarded-for", "203.0.113.7")]).await,
+        200
+    );
+}
+
+#[tokio::test]
+async fn shadow_mode_refuses_nothing_and_counts_what_enforce_refuses() {
+    let a = spawn_upstream("a").await;
+    let policies = "rate_limits:\n\
+        \x20 - { name: strict, key: header:x-api-key, rate: 1/s, burst: 2 }\n\
+        \x20 - { name: trial, key: header:x-api-key, rate: 1/s, burst: 2, mode: shadow }\n";
+    let routes = format!(
+        "{}{}",
+        route("enforced", "/e", "a", ", rate_limit: strict"),
+        route("shadowed", "/s", "a", ", rate_limit: trial")
+    );
+    let gw = start_gateway(&config(&up("a", a.addr, ""), &routes, policies)).await;
+    let mut refused = 0;
+    for i in 0..12 {
+        let key = format!("k{}", i % 3);
+        let h = [("x-api-key", key.as_str())];
+        if call(&gw, "/e", &h).await.status == 429 {
+            refused += 1;
+        }
+        let r = call(&gw, "/s", &h).await;
+        assert_eq!(r.status, 200, "shadow mode lets everything through");
+        assert!(
+            !r.headers.contains_key("ratelimit"),
+            "no headers in shadow mode"
+        );
+    }
+    assert!(refused >= 5, "{refused}");
+    let m = admin(&gw, "/metrics").await.body;
+    let count = |p: &str, mode: &str| {
+        metric(
+            &m,
+            &format!("portcullis_rate_limited_total{{policy=\"{p}\",mode=\"{mode}\"}}"),
+        )
+    };
+    assert_eq!(count("strict", "enforce"), f64::from(refused));
+    assert_eq!(count("trial", "shadow"), f64::from(refused), "{m}");
+}
+
+#[tokio::test]
+async fn the_in_flight_cap_sheds_exactly_the_excess_while_admin_answers() {
+    let slow = spawn_upstream_with_delay("slow", Duration::from_millis(400)).await;
+    let gw = Arc::new(
+        start_gateway(&config(
+            &up("slow", slow.addr, ""),
+            // Critical: the whole cap (normal routes may use 90% of it).
+            &route("r", "/", "slow", ", priority: critical"),
+            "shedding: { max_in_flight: 4 }\n",
+        ))
+        .await,
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let r = call(&gw, "/", &[]).await;
+            (r, started.elapsed())
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // While the upstream holds four requests, the admin port is not shed.
+    let ready = admin(&gw, "/health/ready").await;
+    assert_eq!(ready.status, 200);
+    let mut ok = 0;
+    for t in tasks {
+        let (r, took) = t.await.unwrap();
+        match r.status.as_u16() {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(r.json()["error"], "overloaded");
+                assert_eq!(r.headers["retry-after"], "1");
+                assert!(took < Duration::from_millis(100), "shed fast: {took:?}");
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!(ok, 4);
+    assert_eq!(slow.seen.hits.load(Ordering::SeqCst), 4);
+    let m = admin(&gw, "/metrics").await.body;
+    assert_eq!(
+        metric(
+            &m,
+            "portcullis_shed_total{reason=\"max_in_flight\",mode=\"enforce\"}"
+        ),
+        6.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_bulkhead_only_sheds_its_own_routes() {
+    let slow = spawn_upstream_with_delay("slow", Duration::from_millis(400)).await;
+    let fast = spawn_upstream("fast").await;
+    let upstreams = format!(
+        "{}{}",
+        up("slow", slow.addr, ", max_in_flight: 2"),
+        up("fast", fast.addr, "")
+    );
+    let routes = format!(
+        "{}{}",
+        route("slow", "/slow", "slow", ""),
+        route("fast", "/fast", "fast", "")
+    );
+    let gw = Arc::new(start_gateway(&config(&upstreams, &routes, "")).await);
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move { call(&gw, "/slow", &[]).await }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            call(&gw, "/fast", &[]).await.status,
+            200,
+            "other upstreams unaffected"
+        );
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        if r.status == 503 {
+            let doc = r.json();
+            assert_eq!(
+                (doc["error"].as_str(), doc["upstream"].as_str()),
+                (Some("overloaded"), Some("slow"))
+            );
+        }
+        statuses.push(r.status.as_u16());
+    }
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 200, 503, 503, 503]);
+}
+
+#[tokio::test]
+async fn critical_traffic_keeps_its_room_when_low_priority_overloads() {
+    let slow = spawn_upstream_with_delay("slow", Duration::from_millis(50)).await;
+    let routes = format!(
+        "{}{}",
+        route("low", "/low", "slow", ", priority: low"),
+        route("critical", "/critical", "slow", ", priority: critical")
+    );
+    let gw = Arc::new(
+        start_gateway(&config(
+            &up("slow", slow.addr, ""),
+            &routes,
+            "shedding: { max_in_flight: 10 }\n",
+        ))
+        .await,
+    );
+    // 18 low-priority clients and 2 critical ones (10% of the traffic), in
+    // closed loops for 1.5 s.
+    let until = Instant::now() + Duration::from_millis(1500);
+    let client = |path: &'static str| {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut total) = (0u32, 0u32);
+            while Instant::now() < until {
+                total += 1;
+                if call(&gw, path, &[]).await.status == StatusCode::OK {
+                    ok += 1;
+                }
+            }
+            (ok, total)
+        })
+    };
+    let lows: Vec<_> = (0..18).map(|_| client("/low")).collect();
+    let criticals: Vec<_> = (0..2).map(|_| client("/critical")).collect();
+    let (mut low_ok, mut low_total, mut crit_ok, mut crit_total) = (0, 0, 0, 0);
+    for t in lows {
+        let (ok, total) = t.await.unwrap();
+        low_ok += ok;
+        low_total += total;
+    }
+    for t in criticals {
+        let (ok, total) = t.await.unwrap();
+        crit_ok += ok;
+        crit_total += total;
+    }
+    assert!(
+        low_ok < low_total,
+        "low traffic was shed: {low_ok}/{low_total}"
+    );
+    assert!(
+        f64::from(crit_ok) >= 0.99 * f64::from(crit_total),
+        "critical: {crit_ok}/{crit_total}"
+    );
+    let m = admin(&gw, "/metrics").await.body;
+    assert!(
+        metric(
+            &m,
+            "portcullis_shed_total{reason=\"priority\",mode=\"enforce\"}"
+        ) > 0.0
+    );
+}
+
+#[test]
+fn check_reports_limit_problems_with_their_lines() {
+    let head = "listeners: [{ name: http, bind: '127.0.0.1:8080' }]\n";
+    let tail = "upstreams: [{ name: u, endpoints: ['127.0.0.1:9000'] }]\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: u }\n";
+    let cases: [(&str, &str); 10] = [
+        ("rate_limits: [{ name: a, key: ip, rate: 0/s, burst: 5 }]\n", "2:41: rate `0/s` must be more than 0"),
+        ("rate_limits: [{ name: a, key: ip, rate: 5/d, burst: 5 }]\n", "2:41: invalid rate `5/d`"),
+        ("rate_limits: [{ name: a, key: ip, rate: 2000000000/s, burst: 5 }]\n", "2:41: rate `2000000000/s` is too high"),
+        ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 0 }]\n", "2:53: must be at least 1"),
+        ("rate_limits: [{ name: a, key: [ip, cookie:x], rate: 5/s, burst: 1 }]\n", "2:31: unknown key `cookie:x`"),
+        ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 1, store: 'redis://127.0.0.1:6379' }]\n", "2:63: a shared store (Redis) is part of the Portcullis contract but not supported by this build yet"),
+        ("shedding: { max_in_flight: 0 }\n", "2:28: must be between 1 and 10000000"),
+        ("shedding: { max_in_flight: 10, min_limit: 20 }\n", "2:43: must be between 1 and `max_in_flight`"),
+        ("server: { trusted_proxies: ['10.0.0.0/33'] }\n", "2:29: `10.0.0.0/33` is not an address block"),
+        ("rate_limits: [{ name: per-client, key: ip, rate: 5/s, burst: 1 }]\n", ""),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("limits.yaml");
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["check", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let file = path.display().to_string();
+    for (extra, expected) in cases {
+        let (code, stderr) = check(&format!("{head}{extra}{tail}"));
+        if expected.is_empty() {
+            assert_eq!(code, Some(0), "{stderr}");
+            continue;
+        }
+        assert_eq!(code, Some(1), "{extra}");
+        assert!(
+            stderr.contains(&format!("{file}:{expected}")),
+            "missing `{expected}` in:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // References and route keys.
+    let routes = "rate_limits: [{ name: per-client, key: ip, rate: 5/s, burst: 1 }]\n\
+        upstreams: [{ name: u, endpoints: ['127.0.0.1:9000'], max_in_flight: 0 }]\nroutes:\n\
+        \x20 - { name: r, match: { path_prefix: / }, upstream: u, rate_limit: per-clinet }\n\
+        \x20 - { name: s, match: { path_prefix: /s }, upstream: u, priority: urgent }\n";
+    let (code, stderr) = check(&format!("{head}{routes}"));
+    assert_eq!(code, Some(1));
+    for expected in [
+        "3:70: must be at least 1",
+        "5:68: unknown rate limit `per-clinet`, did you mean `per-client`?",
+        "6:67: unknown variant `urgent`, expected one of `critical`, `normal`, `low`",
+    ] {
+        assert!(
+            stderr.contains(&format!("{file}:{expected}")),
+            "missing `{expected}` in:\n{stderr}"
+        );
+    }
+}
