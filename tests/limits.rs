@@ -394,3 +394,158 @@ fn check_reports_limit_problems_with_their_lines() {
         );
     }
 }
+
+/// An upstream that, once `slow` is set, serves 4 requests at a time, 20 ms
+/// each: more concurrency only queues inside it.
+async fn spawn_saturating_upstream(slow: Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let workers = Arc::new(tokio::sync::Semaphore::new(4));
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (slow, workers) = (slow.clone(), workers.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req| {
+                    let (slow, workers) = (slow.clone(), workers.clone());
+                    async move {
+                        if slow.load(Ordering::SeqCst) {
+                            let _worker = workers.acquire().await.unwrap();
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// 32 clients in closed loops for `run`; the latencies of the 200s after
+/// `skip`, sorted, and how many were shed.
+async fn drive(gw: &Arc<RunningGateway>, run: Duration, skip: Duration) -> (Vec<Duration>, usize) {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let (mut lat, mut shed) = (Vec::new(), 0);
+                while start.elapsed() < run {
+                    let t = Instant::now();
+                    let r = call(&gw, "/", &[]).await;
+                    match r.status.as_u16() {
+                        200 if start.elapsed() > skip => lat.push(t.elapsed()),
+                        200 => {}
+                        503 => {
+                            shed += 1;
+                            // A polite client backs off (and the test's
+                            // own CPU goes to the requests it measures).
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        s => panic!("unexpected {s}"),
+                    }
+                }
+                (lat, shed)
+            })
+        })
+        .collect();
+    let (mut all, mut shed) = (Vec::new(), 0);
+    for t in tasks {
+        let (lat, s) = t.await.unwrap();
+        all.extend(lat);
+        shed += s;
+    }
+    all.sort();
+    (all, shed)
+}
+
+fn p99(sorted: &[Duration]) -> Duration {
+    sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adaptive_limit_falls_when_the_backend_slows_and_keeps_latency_bounded() {
+    let mut results = Vec::new();
+    for adaptive in [false, true] {
+        let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let addr = spawn_saturating_upstream(slow.clone()).await;
+        let shedding =
+            format!("shedding: {{ max_in_flight: 64, adaptive: {adaptive}, min_limit: 4 }}\n");
+        let gw = Arc::new(
+            start_gateway(&config(
+                &up("a", addr, ""),
+                &route("r", "/", "a", ", priority: critical"),
+                &shedding,
+            ))
+            .await,
+        );
+        // A fast baseline, then the backend slows down.
+        drive(&gw, Duration::from_millis(500), Duration::ZERO).await;
+        slow.store(true, Ordering::SeqCst);
+        let (lat, shed) = drive(&gw, Duration::from_millis(1500), Duration::from_millis(600)).await;
+        let m = admin(&gw, "/metrics").await.body;
+        let limit = metric(&m, "portcullis_concurrency_limit");
+        eprintln!(
+            "adaptive={adaptive}: p50 {:?} p90 {:?} p99 {:?} max {:?}",
+            lat[lat.len() / 2],
+            lat[lat.len() * 9 / 10],
+            p99(&lat),
+            lat[lat.len() - 1]
+        );
+        results.push((p99(&lat), shed, limit, lat.len()));
+    }
+    eprintln!("(p99, shed, limit, samples) fixed / adaptive: {results:?}");
+    let (fixed, adaptive) = (results[0], results[1]);
+    // Without the adaptive limit 32 requests queue for 4 workers: ~160 ms.
+    assert!(fixed.0 >= Duration::from_millis(120), "{fixed:?}");
+    assert_eq!(fixed.1, 0, "nothing is shed below the fixed cap");
+    // With it the limit falls, the excess is refused at once, and admitted
+    // requests wait in no queue.
+    assert!(adaptive.2 <= 16.0, "limit {}", adaptive.2);
+    assert!(adaptive.1 > 0, "the excess was shed");
+    assert!(
+        adaptive.0 < fixed.0 / 2,
+        "p99 {:?} with the adaptive limit, {:?} without",
+        adaptive.0,
+        fixed.0
+    );
+}
+
+#[tokio::test]
+async fn a_drained_bucket_survives_a_reload_and_new_numbers_apply_at_once() {
+    let a = spawn_upstream("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let text = |burst: u32, extra_route: &str| {
+        config(
+            &up("a", a.addr, ""),
+            &format!("{}{extra_route}", route("r", "/", "a", ", rate_limit: per-client")),
+            &format!("rate_limits:\n  - {{ name: per-client, key: header:x-api-key, rate: 1/m, burst: {burst} }}\n"),
+        )
+    };
+    std::fs::write(&path, text(2, "")).unwrap();
+    let loaded = portcullis::config::load_file(&path).unwrap();
+    let gw = portcullis::Gateway::start(loaded).await.unwrap();
+    let key = [("x-api-key", "k")];
+    assert_eq!(call(&gw, "/", &key).await.status, 200);
+    assert_eq!(call(&gw, "/", &key).await.status, 200);
+    assert_eq!(call(&gw, "/", &key).await.status, 429);
+
+    // An unrelated change: the bucket is still empty.
+    std::fs::write(&path, text(2, &route("other", "/other", "a", ""))).unwrap();
+    gw.reload().await.expect("reload");
+    assert_eq!(call(&gw, "/", &key).await.status, 429, "still drained");
+
+    // A bigger burst applies at once to the same bucket.
+    std::fs::write(&path, text(4, "")).unwrap();
+    gw.reload().await.expect("reload");
+    assert_eq!(call(&gw, "/", &key).await.status, 200);
+    assert_eq!(call(&gw, "/", &key).await.status, 200);
+    assert_eq!(call(&gw, "/", &key).await.status, 429);
+}

@@ -5,15 +5,17 @@
 //! **Adaptive limit** (a gradient limiter, after Netflix's
 //! concurrency-limits `Gradient2`): every upstream try reports its latency.
 //! Every 100 ms window with samples, the window's mean latency (`short`) is
-//! compared with a slowly moving baseline (`long`, an exponential average):
-//! `gradient = clamp(tolerance × long / short, 0.5, 1)`, and
-//! `limit = ½ × limit + ½ × (limit × gradient + √limit)`, kept between
-//! `min_limit` and `max_in_flight`. While latency stays within `tolerance` ×
-//! baseline the limit grows by about √limit per window; when the backend
-//! slows down it shrinks by up to a quarter per window, so requests wait in no
-//! queue: the excess gets a fast 503 instead. The baseline follows a
-//! lasting change slowly (over ~5 s), as Gradient2 does, so a new normal
-//! latency is accepted rather than throttled forever.
+//! compared with a baseline (`long`: the lowest window mean seen, rising by
+//! 1% a window while latency stays above it):
+//! `gradient = clamp(tolerance × long / short, 0.5, 1)` and
+//! `target = limit × gradient + √limit`; the limit drops to a lower target at
+//! once and moves halfway to a higher one, between `min_limit` and
+//! `max_in_flight`. While latency stays within `tolerance` × baseline the
+//! limit grows by about ½√limit per window; when the backend slows down it
+//! nearly halves per window, so requests wait in no queue: the excess gets a
+//! fast 503 instead. The baseline follows a
+//! lasting rise of latency slowly (it doubles in about 7 s), so a new normal
+//! is accepted rather than throttled forever, as Gradient2 does.
 //!
 //! **Priorities** keep room for what matters: with `L` the current limit,
 //! `low` routes are shed above 70% of `L`, `normal` above 90%, `critical`
@@ -102,8 +104,9 @@ impl ShedPolicy {
 
 /// Window of the adaptive limit.
 const WINDOW: Duration = Duration::from_millis(100);
-/// Weight of a window in the baseline (≈ 50 windows, 5 s, to follow).
-const BASELINE_WEIGHT: f64 = 0.02;
+/// How fast the baseline rises, per window, while latency stays above it
+/// (1%: it doubles in about 7 s).
+const BASELINE_DRIFT: f64 = 0.01;
 
 struct Adaptive {
     limit: f64,
@@ -250,8 +253,18 @@ impl Shedder {
         }
         let gradient = (policy.tolerance * a.long / short.max(1.0)).clamp(0.5, 1.0);
         let target = a.limit * gradient + a.limit.sqrt();
-        a.limit = (0.5 * a.limit + 0.5 * target).clamp(policy.min_limit, max);
-        a.long = (1.0 - BASELINE_WEIGHT) * a.long + BASELINE_WEIGHT * short;
+        // Down at once (queues build fast), up halfway (probe gently).
+        let next = if target < a.limit {
+            target
+        } else {
+            0.5 * a.limit + 0.5 * target
+        };
+        a.limit = next.clamp(policy.min_limit, max);
+        a.long = if short < a.long {
+            short
+        } else {
+            a.long * (1.0 + BASELINE_DRIFT)
+        };
         let limit = a.limit as usize;
         drop(a);
         self.limit.store(limit, Ordering::Relaxed);
