@@ -1,6 +1,6 @@
 //! Criterion micro-benchmarks of the per-request hot path: route matching,
-//! header hygiene and the weighted split, plus config loading (a cold path,
-//! for reference). Run with `cargo bench --bench hot_path`; add `-- --quick`
+//! header hygiene, the weighted split, JWT verification and rate-limit
+//! checks, plus config loading (a cold path, for reference). Run with `cargo bench --bench hot_path`; add `-- --quick`
 //! for a fast smoke run. docs/benchmarks.md records results and how to read them.
 
 use std::hint::black_box;
@@ -388,12 +388,109 @@ fn bench_jwt(c: &mut Criterion) {
     group.finish();
 }
 
+/// A policy that never refuses (so every check takes the allowing path, a
+/// compare-exchange), with `max_keys` room.
+fn open_policy(max_keys: usize) -> portcullis::limits::rate::RatePolicy {
+    use portcullis::config::{KeyList, KeySpec, LimitMode, Rate, RateLimitConfig};
+    use portcullis::limits::rate::{Buckets, RatePolicy};
+    let cfg = RateLimitConfig {
+        name: "bench".into(),
+        key: KeyList(vec![KeySpec::Ip]),
+        rate: Rate {
+            count: 1e9,
+            per: std::time::Duration::from_secs(1),
+        },
+        burst: 1_000_000_000,
+        mode: LimitMode::Enforce,
+        store: None,
+        max_keys,
+    };
+    let metrics = portcullis::telemetry::Metrics::new();
+    RatePolicy::new(&cfg, Arc::new(Buckets::new("bench", &metrics)))
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// GCRA checks: one hot key, a random key among a million live ones, and
+/// one key hammered from every core at once.
+fn bench_rate_limit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let mut group = c.benchmark_group("rate_limit");
+
+    let hot = open_policy(1_000_000);
+    group.bench_function("hot_key", |b| {
+        b.iter(|| black_box(hot.check(black_box(b"10.0.0.1"))))
+    });
+
+    let many = open_policy(2_000_000);
+    let before = rss_kib();
+    let keys: Vec<[u8; 16]> = (0..1_000_000u64)
+        .map(|i| {
+            let mut k = [0u8; 16];
+            k[..8].copy_from_slice(&i.to_le_bytes());
+            k
+        })
+        .collect();
+    let keys_kib = rss_kib().saturating_sub(before);
+    for k in &keys {
+        many.check(k);
+    }
+    let map_kib = rss_kib().saturating_sub(before + keys_kib);
+    eprintln!(
+        "rate_limit: 1M live 16-byte keys hold {} MiB: {} bytes per key",
+        map_kib / 1024,
+        map_kib * 1024 / 1_000_000
+    );
+    group.bench_function("1M_keys_random_key", |b| {
+        b.iter(|| black_box(many.check(&keys[fastrand::usize(..keys.len())])))
+    });
+
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let shared = Arc::new(open_policy(1_000_000));
+    group.bench_function(format!("one_key_from_{threads}_threads"), |b| {
+        b.iter_custom(|iters| {
+            let per_thread = iters.div_ceil(threads as u64);
+            let start = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    let p = shared.clone();
+                    let handle = rt.handle().clone();
+                    s.spawn(move || {
+                        let _g = handle.enter();
+                        for _ in 0..per_thread {
+                            black_box(p.check(b"10.0.0.1"));
+                        }
+                    });
+                }
+            });
+            // Each thread did iters/threads checks in this wall time: the
+            // time of one check as each thread sees it is wall × threads / iters.
+            start.elapsed() * threads as u32
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_route_match,
     bench_header_hygiene,
     bench_split,
     bench_config_load,
-    bench_jwt
+    bench_jwt,
+    bench_rate_limit
 );
 criterion_main!(benches);

@@ -1,5 +1,6 @@
 //! Body types on both sides of the gateway. Bodies stream frame by frame and
-//! are never buffered whole.
+//! are never buffered whole, except a request body up to `retry.replay_buffer`
+//! on an upstream with retries ([`Replay`]).
 //!
 //! - [`RequestBody`]: the client's body on its way upstream, cut at
 //!   `max_body_bytes` while streaming (chunked bodies included).
@@ -18,6 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::error::Reject;
 use crate::telemetry::Exchange;
 
 /// The request body grew past `max_body_bytes` while streaming.
@@ -136,9 +138,9 @@ pub enum Replay {
 }
 
 impl Replay {
-    /// Reads `body` until its end or past `buffer` bytes. A body over
-    /// `limit` (`max_body_bytes`) is refused.
-    pub async fn read(body: RequestBody, buffer: u64) -> Result<Replay, BodyTooLarge> {
+    /// Reads `body` until its end or past `buffer` bytes. A body over its
+    /// limit (`max_body_bytes`) is a 413, one the client breaks off a 400.
+    pub async fn read(body: RequestBody, buffer: u64) -> Result<Replay, Reject> {
         let mut body = body;
         if body.is_end_stream() {
             return Ok(Replay::Whole(Bytes::new(), None));
@@ -161,15 +163,16 @@ impl Replay {
                     }
                 },
                 Some(Err(e)) => {
-                    return match e.downcast::<BodyTooLarge>() {
-                        Ok(too_large) => Err(*too_large),
-                        // The client broke off: what was read is sent, and
-                        // the upstream sees the body end early.
-                        Err(_) => Ok(Replay::Streamed(Some(RequestBody::whole(
-                            concat(chunks, held),
-                            None,
-                        )))),
-                    };
+                    return Err(match e.downcast::<BodyTooLarge>() {
+                        Ok(too_large) => Reject::PayloadTooLarge {
+                            limit: too_large.limit,
+                        },
+                        // The client broke off mid-body: nothing is sent
+                        // upstream (a truncated body would be worse).
+                        Err(_) => Reject::BadRequest {
+                            reason: "the request body was cut off",
+                        },
+                    });
                 }
             }
         }

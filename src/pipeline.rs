@@ -9,7 +9,7 @@
 //! | 2d | priority: room kept for more important routes | `limits::shed` | 503 `overloaded` |
 //! | 3 | choose upstream: weighted split; its bulkhead (`max_in_flight`); the client key for `hash:` balancing | `routing::split`, `limits::shed`, `client_key` | 503 `overloaded` |
 //! | 4 | rewrite: `strip_prefix`, header hygiene, `X-Forwarded-*` | `proxy` | |
-//! | 5 | forward, try by try: circuit breaker, healthy endpoint, pooled connection, timeouts, outcome to breaker and outlier detection, retry within budget and deadline | `upstream::{breaker, balance, health, retry}` | 503 `upstream_unavailable`, 413 (body cut while streaming), 502 `bad_gateway`, 504 `upstream_timeout` |
+//! | 5 | forward: circuit breaker; then try by try: healthy endpoint, pooled connection, timeouts, outcome to outlier detection, retry within budget and deadline; the final outcome to the breaker | `upstream::{breaker, balance, health, retry}` | 503 `upstream_unavailable`, 413 (body cut while streaming), 502 `bad_gateway`, 504 `upstream_timeout` |
 //! | 6 | respond: hop-by-hop removal, `x-request-id`, `RateLimit` headers, drain `Connection: close`, metrics and access log when the body ends | `proxy`, `telemetry` | |
 //!
 //! [`handle`] never fails: it runs [`run`] and turns a [`Reject`] into the
@@ -273,11 +273,10 @@ fn shed(
     Ok(())
 }
 
-/// Step 5: tries the upstream until an answer is final. A retry needs a
-/// `retry` policy, an outcome on its `on` list (for a non-idempotent request
-/// only a connect error), a body that fit the replay buffer, a retry left in
-/// the budget and time left before the route's deadline; it goes to an
-/// endpoint not tried yet when one is available.
+/// Step 5: the circuit breaker admits the request, which is then tried
+/// until its answer is final; the breaker counts that final answer, so one
+/// dying endpoint whose requests are retried elsewhere does not open the
+/// circuit of a healthy upstream.
 async fn forward(
     upstream: &Upstream,
     key: Option<u64>,
@@ -286,28 +285,58 @@ async fn forward(
     adaptive: Adaptive<'_>,
     exchange: &mut Exchange,
 ) -> Result<Response<Incoming>, Reject> {
+    let Some((policy, breaker)) = &upstream.breaker else {
+        return try_until_final(upstream, key, req, timeout, adaptive, exchange)
+            .await
+            .0;
+    };
+    let ticket = breaker
+        .admit(policy)
+        .map_err(|wait| unavailable(upstream, "circuit open", wait))?;
+    let (result, outcome) = try_until_final(upstream, key, req, timeout, adaptive, exchange).await;
+    match outcome {
+        Some(o) => breaker.record(ticket, o, policy),
+        // The client's fault or nothing tried: a probe slot is given back.
+        None => drop(ticket),
+    }
+    result
+}
+
+/// Tries the upstream until an answer is final, and says what it came to.
+/// A retry needs a `retry` policy, an outcome on its `on` list (for a
+/// non-idempotent request only a connect error), a body that fit the replay
+/// buffer, a retry left in the budget and time left before the route's
+/// deadline; it goes to an endpoint not tried yet when one is available.
+async fn try_until_final(
+    upstream: &Upstream,
+    key: Option<u64>,
+    req: Request<RequestBody>,
+    timeout: Duration,
+    adaptive: Adaptive<'_>,
+    exchange: &mut Exchange,
+) -> (Result<Response<Incoming>, Reject>, Option<Outcome>) {
     let deadline = Instant::now() + timeout;
     exchange.attempts = 1;
     let Some((policy, budget)) = &upstream.retry else {
-        return try_once(upstream, key, 0, req, deadline, adaptive, exchange)
-            .await
-            .0;
+        let (result, outcome, _) =
+            try_once(upstream, key, 0, req, deadline, adaptive, exchange).await;
+        return (result, outcome);
     };
     budget.deposit();
     exchange.attempts_header = policy.attempts_header;
     let idempotent = RetryPolicy::eligible(req.method(), req.headers());
     let (head, body) = req.into_parts();
-    let mut body = Replay::read(body, policy.replay_buffer)
-        .await
-        .map_err(|e| Reject::PayloadTooLarge { limit: e.limit })?;
+    let mut body = match Replay::read(body, policy.replay_buffer).await {
+        Ok(body) => body,
+        Err(reject) => return (Err(reject), None),
+    };
     let mut tried = 0u64;
     let mut attempt = 1;
     loop {
         let Some(this_body) = body.body_for_try() else {
             // Unreachable: only a replayable body is tried again.
-            return Err(Reject::BadRequest {
-                reason: "the request body cannot be sent again",
-            });
+            let reason = "the request body cannot be sent again";
+            return (Err(Reject::BadRequest { reason }), None);
         };
         let per_try = policy
             .per_try_timeout
@@ -316,7 +345,7 @@ async fn forward(
         let (result, outcome, index) =
             try_once(upstream, key, tried, req, per_try, adaptive, exchange).await;
         let again = outcome.is_some_and(|o| policy.retries_on(o, idempotent));
-        if attempt > 1 {
+        if attempt > 1 && outcome.is_some() {
             let counter = if again {
                 &budget.failed
             } else {
@@ -325,11 +354,11 @@ async fn forward(
             counter.increment(1);
         }
         if !again || attempt > policy.attempts || !body.replayable() || !budget.withdraw(policy) {
-            return result;
+            return (result, outcome);
         }
         let pause = policy.backoff(attempt);
         if Instant::now() + pause >= deadline {
-            return result;
+            return (result, outcome);
         }
         if let Some(i) = index.filter(|i| *i < 64) {
             tried |= 1 << i;
@@ -344,10 +373,10 @@ async fn forward(
 /// The adaptive concurrency limit, fed with each try's latency.
 type Adaptive<'a> = Option<(&'a Shedder, &'a ShedPolicy)>;
 
-/// One try: the circuit breaker admits it, the balancer picks an available
-/// endpoint, the exchange runs until `deadline`, and its outcome feeds the
-/// breaker and outlier detection. Returns the result, its outcome (`None`
-/// when the upstream was not at fault or not tried) and the endpoint's index.
+/// One try: the balancer picks an available endpoint, the exchange runs
+/// until `deadline`, and its outcome feeds outlier detection and the
+/// adaptive limit. Returns the result, its outcome (`None` when the
+/// upstream was not at fault or not tried) and the endpoint's index.
 async fn try_once(
     upstream: &Upstream,
     key: Option<u64>,
@@ -361,13 +390,6 @@ async fn try_once(
     Option<Outcome>,
     Option<usize>,
 ) {
-    let ticket = match &upstream.breaker {
-        Some((policy, breaker)) => match breaker.admit(policy) {
-            Ok(ticket) => Some(ticket),
-            Err(wait) => return (Err(unavailable(upstream, "circuit open", wait)), None, None),
-        },
-        None => None,
-    };
     let Some((index, endpoint)) = upstream.pick(key, tried) else {
         let wait = upstream
             .health_check
@@ -389,9 +411,6 @@ async fn try_once(
     }
     if let Some(o) = outcome {
         health::observe(upstream, endpoint, o.is_transport_failure());
-    }
-    if let (Some(ticket), Some((policy, breaker)), Some(o)) = (ticket, &upstream.breaker, outcome) {
-        breaker.record(ticket, o, policy);
     }
     (result, outcome, Some(index))
 }

@@ -617,3 +617,38 @@ async fn a_killed_endpoint_is_detected_and_a_restarted_one_returns() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn one_dead_endpoint_does_not_open_the_circuit_when_retries_hide_it() {
+    let (a, b) = (Flaky::start("a").await, Flaky::start("b").await);
+    let extra =
+        format!("{RETRY}    circuit_breaker: {{ consecutive_failures: 2, open_for: 30s }}\n");
+    let gw = start_gateway(&config_for(&[a.addr, b.addr], &extra, "")).await;
+    a.kill().await;
+    for _ in 0..20 {
+        let r = call(&gw, "GET", "/", &[], "").await;
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "b"));
+    }
+    let status = admin(&gw, "/status").await.json();
+    assert_eq!(
+        status["upstreams"][0]["circuit"]["state"], "closed",
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_leaves_no_request_counted_in_flight() {
+    let a = Flaky::start("a").await;
+    a.state.delay_ms.store(5000, Ordering::SeqCst);
+    let gw = start_gateway(&config_for(&[a.addr], "", "")).await;
+    for _ in 0..3 {
+        let req = call(&gw, "GET", "/", &[], "");
+        assert!(tokio::time::timeout(Duration::from_millis(100), req)
+            .await
+            .is_err());
+    }
+    eventually(Duration::from_secs(2), "in_flight back to 0", async || {
+        admin(&gw, "/status").await.json()["upstreams"][0]["endpoints"][0]["in_flight"] == 0
+    })
+    .await;
+}

@@ -153,6 +153,22 @@ impl Endpoint {
     }
 }
 
+/// One request in an endpoint's `in_flight` count while it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize) -> InFlight<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// An upstream as the snapshot sees it.
 pub struct Upstream {
     pub name: Arc<str>,
@@ -242,9 +258,12 @@ pub async fn forward(
     parts.version = http::Version::HTTP_11;
     let req = Request::from_parts(parts, body);
 
-    endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-    let result = tokio::time::timeout(timeout, pool.send(req)).await;
-    endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+    let result = {
+        // A guard, not a pair of calls: the client may go away mid-await,
+        // dropping this future, and the count must still come down.
+        let _sending = InFlight::enter(&endpoint.in_flight);
+        tokio::time::timeout(timeout, pool.send(req)).await
+    };
 
     let metrics = &upstream.pool.metrics;
     match result {
