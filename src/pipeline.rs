@@ -9,7 +9,7 @@
 //! | 2d | priority: room kept for more important routes | `limits::shed` | 503 `overloaded` |
 //! | 3 | choose upstream: weighted split; its bulkhead (`max_in_flight`); the client key for `hash:` balancing | `routing::split`, `limits::shed`, `client_key` | 503 `overloaded` |
 //! | 4 | rewrite: `strip_prefix`, header hygiene, `X-Forwarded-*` | `proxy` | |
-//! | 5 | forward: circuit breaker; then try by try: healthy endpoint, pooled connection, timeouts, outcome to outlier detection, retry within budget and deadline; the final outcome to the breaker | `upstream::{breaker, balance, health, retry}` | 503 `upstream_unavailable`, 413 (body cut while streaming), 502 `bad_gateway`, 504 `upstream_timeout` |
+//! | 5 | forward: circuit breaker; then try by try: healthy endpoint, pooled connection, timeouts, outcome to outlier detection, retry within budget and deadline; the final outcome to the breaker | `upstream::{breaker, attempts, balance, health, retry}` | 503 `upstream_unavailable`, 413 (body cut while streaming), 502 `bad_gateway`, 504 `upstream_timeout` |
 //! | 6 | respond: hop-by-hop removal, `x-request-id`, `RateLimit` headers, drain `Connection: close`, metrics and access log when the body ends | `proxy`, `telemetry` | |
 //!
 //! [`handle`] never fails: it runs [`run`] and turns a [`Reject`] into the
@@ -24,19 +24,18 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::{self, Replay, RequestBody, ResponseBody};
+use crate::body::{self, RequestBody, ResponseBody};
 use crate::client_key::KeySource;
 use crate::config::LimitMode;
 use crate::error::Reject;
 use crate::limits::rate::{RATELIMIT, RATELIMIT_POLICY};
-use crate::limits::shed::{ShedPolicy, ShedReason, Shedder, Slot};
+use crate::limits::shed::{ShedReason, Shedder, Slot};
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::Exchange;
-use crate::upstream::outcome::Outcome;
-use crate::upstream::retry::{RetryPolicy, X_PORTCULLIS_ATTEMPTS};
-use crate::upstream::{balance, health, Balance, Upstream};
-use crate::{limits, proxy, routing, upstream, Shared};
+use crate::upstream::retry::X_PORTCULLIS_ATTEMPTS;
+use crate::upstream::{attempts, balance, Balance, Upstream};
+use crate::{limits, proxy, routing, Shared};
 
 /// Serves one request. Every response carries `x-request-id`.
 pub async fn handle(
@@ -282,162 +281,25 @@ async fn forward(
     key: Option<u64>,
     req: Request<RequestBody>,
     timeout: Duration,
-    adaptive: Adaptive<'_>,
+    adaptive: attempts::Adaptive<'_>,
     exchange: &mut Exchange,
 ) -> Result<Response<Incoming>, Reject> {
     let Some((policy, breaker)) = &upstream.breaker else {
-        return try_until_final(upstream, key, req, timeout, adaptive, exchange)
+        return attempts::try_until_final(upstream, key, req, timeout, adaptive, exchange)
             .await
             .0;
     };
     let ticket = breaker
         .admit(policy)
-        .map_err(|wait| unavailable(upstream, "circuit open", wait))?;
-    let (result, outcome) = try_until_final(upstream, key, req, timeout, adaptive, exchange).await;
+        .map_err(|wait| attempts::unavailable(upstream, "circuit open", wait))?;
+    let (result, outcome) =
+        attempts::try_until_final(upstream, key, req, timeout, adaptive, exchange).await;
     match outcome {
         Some(o) => breaker.record(ticket, o, policy),
         // The client's fault or nothing tried: a probe slot is given back.
         None => drop(ticket),
     }
     result
-}
-
-/// Tries the upstream until an answer is final, and says what it came to.
-/// A retry needs a `retry` policy, an outcome on its `on` list (for a
-/// non-idempotent request only a connect error), a body that fit the replay
-/// buffer, a retry left in the budget and time left before the route's
-/// deadline; it goes to an endpoint not tried yet when one is available.
-async fn try_until_final(
-    upstream: &Upstream,
-    key: Option<u64>,
-    req: Request<RequestBody>,
-    timeout: Duration,
-    adaptive: Adaptive<'_>,
-    exchange: &mut Exchange,
-) -> (Result<Response<Incoming>, Reject>, Option<Outcome>) {
-    let deadline = Instant::now() + timeout;
-    exchange.attempts = 1;
-    let Some((policy, budget)) = &upstream.retry else {
-        let (result, outcome, _) =
-            try_once(upstream, key, 0, req, deadline, adaptive, exchange).await;
-        return (result, outcome);
-    };
-    budget.deposit();
-    exchange.attempts_header = policy.attempts_header;
-    let idempotent = RetryPolicy::eligible(req.method(), req.headers());
-    let (head, body) = req.into_parts();
-    let mut body = match Replay::read(body, policy.replay_buffer).await {
-        Ok(body) => body,
-        Err(reject) => return (Err(reject), None),
-    };
-    let mut tried = 0u64;
-    let mut attempt = 1;
-    loop {
-        let Some(this_body) = body.body_for_try() else {
-            // Unreachable: only a replayable body is tried again.
-            let reason = "the request body cannot be sent again";
-            return (Err(Reject::BadRequest { reason }), None);
-        };
-        let per_try = policy
-            .per_try_timeout
-            .map_or(deadline, |t| deadline.min(Instant::now() + t));
-        let req = Request::from_parts(copy_head(&head), this_body);
-        let (result, outcome, index) =
-            try_once(upstream, key, tried, req, per_try, adaptive, exchange).await;
-        let again = outcome.is_some_and(|o| policy.retries_on(o, idempotent));
-        if attempt > 1 && outcome.is_some() {
-            let counter = if again {
-                &budget.failed
-            } else {
-                &budget.succeeded
-            };
-            counter.increment(1);
-        }
-        if !again || attempt > policy.attempts || !body.replayable() || !budget.withdraw(policy) {
-            return (result, outcome);
-        }
-        let pause = policy.backoff(attempt);
-        if Instant::now() + pause >= deadline {
-            return (result, outcome);
-        }
-        if let Some(i) = index.filter(|i| *i < 64) {
-            tried |= 1 << i;
-        }
-        drop(result);
-        tokio::time::sleep(pause).await;
-        attempt += 1;
-        exchange.attempts = attempt;
-    }
-}
-
-/// The adaptive concurrency limit, fed with each try's latency.
-type Adaptive<'a> = Option<(&'a Shedder, &'a ShedPolicy)>;
-
-/// One try: the balancer picks an available endpoint, the exchange runs
-/// until `deadline`, and its outcome feeds outlier detection and the
-/// adaptive limit. Returns the result, its outcome (`None` when the
-/// upstream was not at fault or not tried) and the endpoint's index.
-async fn try_once(
-    upstream: &Upstream,
-    key: Option<u64>,
-    tried: u64,
-    req: Request<RequestBody>,
-    deadline: Instant,
-    adaptive: Adaptive<'_>,
-    exchange: &mut Exchange,
-) -> (
-    Result<Response<Incoming>, Reject>,
-    Option<Outcome>,
-    Option<usize>,
-) {
-    let Some((index, endpoint)) = upstream.pick(key, tried) else {
-        let wait = upstream
-            .health_check
-            .as_ref()
-            .map_or(Duration::from_secs(1), |h| h.interval.0);
-        return (
-            Err(unavailable(upstream, "no healthy endpoint", wait)),
-            None,
-            None,
-        );
-    };
-    exchange.endpoint = Some(endpoint.addr.clone());
-    let started = Instant::now();
-    let timeout = deadline.saturating_duration_since(started);
-    let result = upstream::forward(upstream, endpoint, req, timeout).await;
-    let outcome = upstream::outcome_of(&result);
-    if let (Some((shedder, policy)), Some(_)) = (adaptive, outcome) {
-        shedder.sample(policy, started.elapsed());
-    }
-    if let Some(o) = outcome {
-        health::observe(upstream, endpoint, o.is_transport_failure());
-    }
-    (result, outcome, Some(index))
-}
-
-fn unavailable(upstream: &Upstream, reason: &'static str, wait: Duration) -> Reject {
-    upstream.pool.metrics.rejected.increment(1);
-    Reject::UpstreamUnavailable {
-        upstream: upstream.name.clone(),
-        reason,
-        // Whole seconds, rounded up: never 0, never earlier than useful.
-        retry_after_secs: wait
-            .as_millis()
-            .div_ceil(1000)
-            .max(1)
-            .try_into()
-            .unwrap_or(u64::MAX),
-    }
-}
-
-/// A copy of a request head for one more try.
-fn copy_head(head: &http::request::Parts) -> http::request::Parts {
-    let mut req = Request::new(());
-    *req.method_mut() = head.method.clone();
-    *req.uri_mut() = head.uri.clone();
-    *req.version_mut() = head.version;
-    *req.headers_mut() = head.headers.clone();
-    req.into_parts().0
 }
 
 /// Applies the route's path rewrite and the header hygiene, and wraps the

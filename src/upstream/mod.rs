@@ -8,6 +8,7 @@
 //! [`crate::state::State`], keyed by name, so connections, counters and
 //! verdicts outlive a config reload.
 
+pub mod attempts;
 pub mod balance;
 pub mod breaker;
 pub mod health;
