@@ -30,6 +30,25 @@
 #              script cycles through 100 ES256 tokens (100 clients), so this
 #              is the cached-verification path. Issue 4's target: at least
 #              0.9x Portcullis's own `http` req/s in the same run.
+#   ratelimit  (not in the default) plain HTTP keep-alive with a fixed
+#              `x-api-key` header to a route whose `rate_limit` policy
+#              (key header:x-api-key, rate 1e8/s, burst 1e8) never refuses,
+#              Portcullis only. Its rounds alternate with the same requests
+#              to the policy-free route ("Portcullis, no policy"), so the
+#              ratio table is the policy's cost; the req/s ratio to the
+#              `http` scenario's Portcullis is printed as well. Issue 5's
+#              target: at least 0.97x Portcullis's own `http` req/s.
+#   flood      (not in the default) a route limited to 100/s, burst 100 per
+#              `x-api-key`, Portcullis only: wrk's Lua script sends one hot
+#              key on FLOOD_PCT% (90) of the requests (refused: 429) and
+#              1000 other keys in turn on the rest (each far under its
+#              limit: proxied). The 200s and 429s come from the gateway's
+#              /metrics (read before and after each measured run). The CPU
+#              of a refused request is solved from the run's total:
+#              cpu = n_200 x c_200 + n_429 x c_429, with c_200 the proxied
+#              cost measured in the same run (the `ratelimit` scenario's
+#              Portcullis, else the `http` one). FLOOD_PCT=100 measures
+#              refusals (almost) alone.
 #   The hyper baseline has no TLS: it runs in `http` only. The TLS scenarios
 #   use one self-signed ECDSA P-256 certificate (SAN localhost, 127.0.0.1),
 #   made with openssl in the temp dir, for every proxy: TLS 1.2 and 1.3,
@@ -44,6 +63,7 @@
 #   benches/load.sh --no-build   use target/release/portcullis and the newest
 #                                target/release/deps/baseline_proxy-* as they are
 #   SCENARIOS=handshake benches/load.sh --quick   one scenario only
+#   SCENARIOS="http ratelimit flood" benches/load.sh --no-build   rate limits (issue 5)
 #
 # Environment (all optional):
 #   DURATION=10s   measured time per run (wrk -d syntax: 5s, 1m)
@@ -52,7 +72,8 @@
 #   CONNS=64       wrk connections (http, https)
 #   CONNS_HANDSHAKE=16   wrk connections in the handshake scenario
 #   SCENARIOS="http https handshake jwt"   which scenarios, in this order
-#                  (also: resume)
+#                  (also: resume, ratelimit, flood)
+#   FLOOD_PCT=90   flood: percent of requests with the hot (refused) key
 #   PROXIES="baseline portcullis nginx haproxy"   which proxies, in round order
 #   UPSTREAM=nginx|backend   the upstream: NGINX `return 200` with a fixed
 #                  285-byte JSON body (default when nginx is installed), or
@@ -92,6 +113,7 @@ ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-64}
 CONNS_HANDSHAKE=${CONNS_HANDSHAKE:-16}
 SCENARIOS=${SCENARIOS:-http https handshake jwt}
+FLOOD_PCT=${FLOOD_PCT:-90}
 PROXIES=${PROXIES:-baseline portcullis nginx haproxy}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
@@ -101,19 +123,20 @@ BASE_PORT=${BASE_PORT:-18600}
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
 [[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer, got '$CONNS'"
 [[ $CONNS_HANDSHAKE =~ ^[1-9][0-9]*$ ]] || die "CONNS_HANDSHAKE must be a positive integer, got '$CONNS_HANDSHAKE'"
+if [[ ! $FLOOD_PCT =~ ^[0-9]+$ ]] || (( FLOOD_PCT > 100 )); then die "FLOOD_PCT must be an integer 0-100, got '$FLOOD_PCT'"; fi
 scenarios=()
 for sc in $SCENARIOS; do
     case "$sc" in
-        http|https|handshake|resume|jwt) [[ " ${scenarios[*]} " == *" $sc "* ]] || scenarios+=("$sc") ;;
-        *) die "unknown scenario '$sc' in SCENARIOS (http, https, handshake, resume, jwt)" ;;
+        http|https|handshake|resume|jwt|ratelimit|flood) [[ " ${scenarios[*]} " == *" $sc "* ]] || scenarios+=("$sc") ;;
+        *) die "unknown scenario '$sc' in SCENARIOS (http, https, handshake, resume, jwt, ratelimit, flood)" ;;
     esac
 done
-(( ${#scenarios[@]} > 0 )) || die "SCENARIOS is empty (http, https, handshake, resume, jwt)"
+(( ${#scenarios[@]} > 0 )) || die "SCENARIOS is empty (http, https, handshake, resume, jwt, ratelimit, flood)"
 # TLS=1 when a scenario needs the proxies' TLS listeners.
 TLS=0 HAS_HTTP=0
-JWT=0
+JWT=0 RL=0
 for sc in "${scenarios[@]}"; do
-    case "$sc" in http) HAS_HTTP=1 ;; jwt) JWT=1 ;; *) TLS=1 ;; esac
+    case "$sc" in http) HAS_HTTP=1 ;; jwt) JWT=1 ;; ratelimit|flood) RL=1 ;; *) TLS=1 ;; esac
 done
 # wrk duration -> seconds, for time bounds.
 secs() {
@@ -288,6 +311,19 @@ http_status() (
     exec 3<&-
     echo "${line%$'\r'}"
 ) 2>/dev/null
+# The whole response to GET path (head and body), bounded to 5 s; extra
+# arguments are request header lines. Pure bash too: the admin /metrics.
+http_get() (
+    port=$1 path=$2; shift 2
+    exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 0
+    {
+        printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n' "$path"
+        for h in "$@"; do printf '%s\r\n' "$h"; done
+        printf '\r\n'
+    } >&3
+    timeout 5 cat <&3 | tr -d '\r'
+    exec 3<&-
+) 2>/dev/null
 # The same over TLS (openssl s_client, bounded to 3 s; no verification).
 https_status() {
     printf 'GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' "$2" \
@@ -359,6 +395,14 @@ rss_kib() {
 # Busy ticks and total ticks of one CPU, from /proc/stat.
 core_ticks() {
     awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+# Growth of a counter over a run: the sum of the /metrics lines starting
+# with PREFIX, in $TMP/metrics-TAG-after.txt minus $TMP/metrics-TAG-before.txt.
+series_delta() {  # series_delta PREFIX TAG
+    local a b
+    a=$(awk -v k="$1" 'index($0, k) == 1 { s += $NF } END { printf "%.0f", s }' "$TMP/metrics-$2-after.txt")
+    b=$(awk -v k="$1" 'index($0, k) == 1 { s += $NF } END { printf "%.0f", s }' "$TMP/metrics-$2-before.txt")
+    echo $((a - b))
 }
 # wrk latency like 812.00us, 2.73ms, 1.02s -> milliseconds.
 to_ms() {
@@ -536,6 +580,60 @@ jwt:
     auth: { jwt: bench, scopes: [bench] }"
 fi
 
+# The ratelimit and flood scenarios: two policies keyed on x-api-key, one
+# that never refuses (1e8/s with a burst of 1e8: far above any rate here)
+# and one at 100/s with a burst of 100, each on its own route; and the wrk
+# script of the flood. Its requests are made once in init() (wrk.format),
+# so request() only picks one: FLOOD_PCT of every 100 carry the hot key,
+# spread evenly, the others go through 1000 keys in turn, each of which
+# then sees a few requests a second, far under its 100/s.
+PC_RL_POLICIES="" PC_RL_ROUTES=""
+RL_KEY_HEADER="x-api-key: bench-client"
+if (( RL )); then
+    mkdir -p "$TMP/rl"
+    cat >"$TMP/rl/flood.lua" <<EOF
+local pct = $FLOOD_PCT
+local hot, cold = nil, {}
+local acc, c = 0, 0
+function init(args)
+  hot = wrk.format(nil, nil, { ["x-api-key"] = "flood-hot" })
+  for i = 1, 1000 do
+    cold[i] = wrk.format(nil, nil, { ["x-api-key"] = "client-" .. i })
+  end
+end
+function request()
+  acc = acc + pct
+  if acc >= 100 then
+    acc = acc - 100
+    return hot
+  end
+  c = c % #cold + 1
+  return cold[c]
+end
+EOF
+    PC_RL_POLICIES="
+rate_limits:
+  - name: bench-open
+    key: header:x-api-key
+    rate: 100000000/s
+    burst: 100000000
+  - name: bench-flood
+    key: header:x-api-key
+    rate: 100/s
+    burst: 100"
+    PC_RL_ROUTES="
+  - name: ratelimit
+    match:
+      path_prefix: /rl
+    upstream: up
+    rate_limit: bench-open
+  - name: flood
+    match:
+      path_prefix: /flood
+    upstream: up
+    rate_limit: bench-flood"
+fi
+
 cat >"$TMP/portcullis/gateway.yaml" <<EOF
 listeners:
   - name: http
@@ -545,7 +643,7 @@ admin:
 server:
   workers: 1
   max_connections: 10000
-  access_log: false$PC_JWT_PROVIDER
+  access_log: false$PC_JWT_PROVIDER$PC_RL_POLICIES
 upstreams:
   - name: up
     endpoints: [127.0.0.1:$UP_PORT]
@@ -553,7 +651,7 @@ routes:
   - name: all
     match:
       path_prefix: /
-    upstream: up$PC_JWT_ROUTE
+    upstream: up$PC_JWT_ROUTE$PC_RL_ROUTES
 EOF
 
 # NGINX and HAProxy add X-Forwarded-For/-Proto/-Host like Portcullis does, so
@@ -631,6 +729,7 @@ for p in "${selected[@]}"; do
     case "$p" in
         baseline)
             # One upstream, HTTP/1.1, one current-thread runtime: no config.
+            # shellcheck disable=SC2153  # BL_PORT is set by take_port (printf -v)
             start "$p" "$PROXY_CORE" "$TMP/baseline/out.log" "$BL_BIN" "127.0.0.1:$BL_PORT" "127.0.0.1:$UP_PORT"
             PORT[$p]=$BL_PORT ;;
         portcullis)
@@ -646,6 +745,19 @@ for p in "${selected[@]}"; do
     PID[$p]=$STARTED_PID
     wait_ready "${LABEL[$p]}" "${PORT[$p]}" "${PID[$p]}" "$TMP/$p/out.log"
 done
+# ratelimit: "plain" is the same Portcullis process measured on its
+# policy-free route with the same requests (header included), in the rounds
+# between those on the policy route.
+if (( RL )) && [[ -n ${PID[portcullis]:-} ]]; then
+    PID[plain]=${PID[portcullis]}; PORT[plain]=$PC_PORT; LABEL[plain]="Portcullis, no policy"
+    # The policy is in force: the answer carries its RateLimit-Policy.
+    rl_head=$(http_get "$PC_PORT" /rl/bench "$RL_KEY_HEADER" | sed '/^$/q')
+    if [[ $rl_head != "HTTP/1.1 200"* ]] || ! grep -qi '^ratelimit-policy: "bench-open"' <<<"$rl_head"; then
+        note "the rate-limited route does not answer 200 with RateLimit-Policy \"bench-open\":"
+        echo "$rl_head" >&2
+        exit 1
+    fi
+fi
 # The proxies with a TLS listener: all but the hyper baseline.
 tls_selected=()
 if (( TLS )); then
@@ -730,7 +842,11 @@ SC_TITLE[https]="HTTPS keep-alive (wrk -t1 -c$CONNS, https://; TLS to the proxy,
 SC_TITLE[handshake]="a full TLS handshake per request (wrk -t1 -c$CONNS_HANDSHAKE -H 'Connection: close', https://; resumption dropped by the shim)"
 SC_TITLE[resume]="a resumed TLS session per request (wrk -t1 -c$CONNS_HANDSHAKE -H 'Connection: close', https://; TLS 1.3 PSK + X25519)"
 SC_TITLE[jwt]="plain HTTP/1.1 keep-alive to a JWT-protected route (wrk -t1 -c$CONNS, 100 ES256 tokens in turn; Portcullis only)"
+SC_TITLE[ratelimit]="plain HTTP/1.1 keep-alive with '$RL_KEY_HEADER' to a route whose rate-limit policy never refuses (rate 1e8/s, burst 1e8), rounds alternating with the policy-free route (wrk -t1 -c$CONNS; Portcullis only)"
+SC_TITLE[flood]="plain HTTP/1.1 keep-alive to a route limited to 100/s, burst 100 per x-api-key: $FLOOD_PCT% of requests with one hot key (429), the rest with 1000 keys in turn (proxied) (wrk -t1 -c$CONNS; Portcullis only)"
 SC_RATE[jwt]="req/s"; SC_UNIT[jwt]="µs/req"
+SC_RATE[ratelimit]="req/s"; SC_UNIT[ratelimit]="µs/req"
+SC_RATE[flood]="req/s"; SC_UNIT[flood]="µs/req"
 SC_RATE[http]="req/s"; SC_RATE[https]="req/s"; SC_RATE[handshake]="handshakes/s"; SC_RATE[resume]="handshakes/s"
 SC_UNIT[http]="µs/req"; SC_UNIT[https]="µs/req"; SC_UNIT[handshake]="µs/handshake"; SC_UNIT[resume]="µs/handshake"
 
@@ -741,6 +857,11 @@ run_one() {  # run_one scenario proxy round
         http) url="http://127.0.0.1:${PORT[$p]}$URL_PATH"; conns=$CONNS ;;
         jwt) url="http://127.0.0.1:${PORT[$p]}/jwt/bench"; conns=$CONNS
              hdr=(-s "$TMP/jwt/tokens.lua") ;;
+        ratelimit) conns=$CONNS hdr=(-H "$RL_KEY_HEADER")
+             if [[ $p == plain ]]; then url="http://127.0.0.1:${PORT[$p]}$URL_PATH"
+             else url="http://127.0.0.1:${PORT[$p]}/rl/bench"; fi ;;
+        flood) url="http://127.0.0.1:${PORT[$p]}/flood/bench"; conns=$CONNS
+               hdr=(-s "$TMP/rl/flood.lua") ;;
         https) url="https://$TLS_HOST:${TLS_PORT[$p]}$URL_PATH"; conns=$CONNS ;;
         handshake|resume) url="https://$TLS_HOST:${TLS_PORT[$p]}$URL_PATH"; conns=$CONNS_HANDSHAKE
                    hdr=(-H "Connection: close") ;;
@@ -753,6 +874,8 @@ run_one() {  # run_one scenario proxy round
             || note "warm-up of ${LABEL[$p]} failed"
     fi
     local u0 s0 u1 s1 uu0 us0 uu1 us1 b0 t0 b0b t0b b1 t1 b1b t1b w0 w1 set0 set1
+    # flood: the gateway's counters, read outside the CPU window.
+    if [[ $sc == flood ]]; then http_get "$PC_ADMIN" /metrics >"$TMP/metrics-$sc-$r-before.txt"; fi
     # The process sets: a worker that died and was respawned (NGINX) takes
     # its CPU time with it, and the CPU figures of the run mean nothing.
     set0="$(proxy_pids "$pid" | sort | tr '\n' ' ')/$(proxy_pids "$UP_PID" | sort | tr '\n' ' ')"
@@ -770,6 +893,18 @@ run_one() {  # run_one scenario proxy round
     read -r b1b t1b < <(core_ticks "$LOAD_CORE")
     kill -0 "$pid" 2>/dev/null || { note "${LABEL[$p]} died during round $r; its log:"; tail -20 "$TMP/$p/out.log" >&2; exit 1; }
     kill -0 "$UP_PID" 2>/dev/null || { note "the upstream died during round $r; its log:"; tail -20 "$TMP/upstream/out.log" >&2; exit 1; }
+    # flood: answers by kind over the measured run, from the gateway's own
+    # counters (every answer it finished, also those wrk did not wait for).
+    local n_ok=0 n_429=0 n_other=0
+    if [[ $sc == flood ]]; then
+        http_get "$PC_ADMIN" /metrics >"$TMP/metrics-$sc-$r-after.txt"
+        local all
+        n_ok=$(series_delta 'portcullis_requests_total{route="flood",status="200"} ' "$sc-$r")
+        n_429=$(series_delta 'portcullis_rate_limited_total{policy="bench-flood",mode="enforce"} ' "$sc-$r")
+        all=$(series_delta 'portcullis_requests_total{route="flood",' "$sc-$r")
+        n_other=$((all - n_ok - n_429))
+        (( n_ok + n_429 > 0 )) || { note "flood round $r: no 200 or 429 in the gateway's metrics (KEEP_TMP=1 keeps them)"; exit 1; }
+    fi
     set1="$(proxy_pids "$pid" | sort | tr '\n' ' ')/$(proxy_pids "$UP_PID" | sort | tr '\n' ' ')"
     if [[ $set0 != "$set1" ]]; then
         note "WARNING: a process of ${LABEL[$p]} or of the upstream was replaced during round $r of $sc (pids ${set0// /,} -> ${set1// /,}): its CPU figures are wrong (KEEP_TMP=1 keeps the logs)"
@@ -785,19 +920,26 @@ run_one() {  # run_one scenario proxy round
     sockerr=$(awk '/Socket errors:/{gsub(",", ""); print $4 + $6 + $8 + $10; exit}' "$out")
     non2xx=$(awk '/Non-2xx or 3xx responses:/{print $NF; exit}' "$out")
     [[ -n $reqs && $reqs -gt 0 ]] || { note "wrk against ${LABEL[$p]} completed no request:"; cat "$out" >&2; exit 1; }
+    # flood: the 429s are the point, not errors; an error is any other
+    # status the gateway answered on the route.
+    local non2xx_wrk=${non2xx:-0}
+    if [[ $sc == flood ]]; then non2xx=$n_other; fi
     # Columns: proxy round rps p50 p99 user sys total rss sockerr non2xx
     #   core0% core1% others-on-core0% wrk-us/req upstream-us/req others-on-core1%
+    #   requests(wrk) user-us-total sys-us-total 200s 429s other-statuses (the last 3: flood only)
     awk -v p="$p" -v r="$r" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v n="$reqs" -v hz="$CLK_TCK" \
         -v du=$((u1 - u0)) -v ds=$((s1 - s0)) -v dup=$((uu1 - uu0 + us1 - us0)) -v dw=$((w1 - w0)) \
         -v rss="$rss" -v se="${sockerr:-0}" -v bad="${non2xx:-0}" \
+        -v ok="$n_ok" -v refused="$n_429" -v otherst="$n_other" \
         -v db0=$((b0b - b0)) -v dt0=$((t0b - t0)) -v db1=$((b1b - b1)) -v dt1=$((t1b - t1)) 'BEGIN {
             us = 1e6 / hz / n                      # µs per request per clock tick
             if (dt0 <= 0) dt0 = 1; if (dt1 <= 0) dt1 = 1
             other0 = db0 - du - ds; if (other0 < 0) other0 = 0
             other1 = db1 - dup - dw * hz / 1000; if (other1 < 0) other1 = 0
-            printf "%s\t%s\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.1f\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\n",
+            printf "%s\t%s\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.1f\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\t%d\t%.0f\t%.0f\t%d\t%d\t%d\n",
                 p, r, rps, p50, p99, du * us, ds * us, (du + ds) * us, rss / 1024, se, bad,
-                100 * db0 / dt0, 100 * db1 / dt1, 100 * other0 / dt0, dw * 1000 / n, dup * us, 100 * other1 / dt1
+                100 * db0 / dt0, 100 * db1 / dt1, 100 * other0 / dt0, dw * 1000 / n, dup * us, 100 * other1 / dt1,
+                n, du * 1e6 / hz, ds * 1e6 / hz, ok, refused, otherst
         }' >>"$RESULTS"
     # handshake: "hs/s" and "µs/hs" keep the line as wide as the others.
     tail -1 "$RESULTS" | awk -F'\t' -v l="${LABEL[$p]}" \
@@ -807,6 +949,12 @@ run_one() {  # run_one scenario proxy round
             $2, l, $3, rate, $4, $5, $8, unit, $6, $7, $9, $15, $16, unit, $14, $17,
             ($10 + $11 > 0 ? sprintf("  ERRORS: %d socket, %d non-2xx", $10, $11) : "")
     }'
+    if [[ $sc == flood ]]; then
+        tail -1 "$RESULTS" | awk -F'\t' -v wbad="${non2xx_wrk:-0}" '{
+            t = $21 + $22 + $23
+            printf "         gateway answered %d: %d x 200, %d x 429 (%.1f%%), %d other; wrk saw %d requests, %d non-2xx\n",
+                t, $21, $22, (t > 0 ? 100 * $22 / t : 0), $23, $18, wbad }'
+    fi
 }
 
 # ---------------------------------------------------------------- summary
@@ -897,22 +1045,84 @@ summarize() {  # summarize SCENARIO PROXY...: the tables of one scenario
     for p in "${procs[@]}"; do TOTAL_ERR=$((TOTAL_ERR + M[$p,err])); done
 }
 
+# flood: the answers by kind per round, and the CPU of a refused request
+# solved from each round's total: cpu = n_200 x c_200 + n_429 x c_429, with
+# c_200 the proxied request's median cost in this run (the ratelimit
+# scenario: the same route type, policy and RateLimit headers included;
+# else the http scenario).
+flood_report() {
+    local src="" f cu="" cs="" ct="" c
+    for c in ratelimit http; do
+        f=$TMP/results-$c.tsv
+        if [[ -s $f ]] && awk -F'\t' '$1 == "portcullis" { found = 1 } END { exit !found }' "$f"; then
+            src=$c
+            cu=$(RESULTS=$f col portcullis 6); cs=$(RESULTS=$f col portcullis 7); ct=$(RESULTS=$f col portcullis 8)
+            break
+        fi
+    done
+    echo
+    echo "Answers from the gateway's counters (requests_total{route=\"flood\"} and"
+    echo "rate_limited_total{policy=\"bench-flood\",mode=\"enforce\"}, before and after each"
+    echo "measured run), and the gateway's CPU over the run (user + sys, /proc/PID/stat)."
+    if [[ -n $src ]]; then
+        echo "CPU per 429 is solved from cpu = n_200 x c_200 + n_429 x c_429, with c_200 the"
+        echo "proxied request's median in the \`$src\` scenario of this run: $ct µs (user $cu, sys $cs)."
+    else
+        echo "No ratelimit or http scenario with Portcullis in this run: CPU per 429 not split out."
+    fi
+    echo
+    echo "| round | req/s | 200 | 429 | other | 429 share | gateway CPU s | total µs per 429 | user µs per 429 | sys µs per 429 |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    awk -F'\t' -v cu="${cu:-}" -v cs="${cs:-}" -v ct="${ct:-}" -v out="$TMP/flood-split.tsv" '
+        function solve(cpu, c) { return (c != "" && $22 > 0) ? sprintf("%.2f", (cpu - $21 * c) / $22) : "-" }
+        $1 == "portcullis" {
+            t = $21 + $22 + $23
+            share = t > 0 ? 100 * $22 / t : 0
+            a = solve($19 + $20, ct); u = solve($19, cu); s = solve($20, cs)
+            printf "| %s | %.0f | %d | %d | %d | %.1f%% | %.2f | %s | %s | %s |\n", $2, $3, $21, $22, $23, share, ($19 + $20) / 1e6, a, u, s
+            printf "%.3f\t%s\t%s\t%s\t%.0f\t%.0f\n", share, a, u, s, $21, $22 >out
+        }' "$RESULTS"
+    local share a u s
+    share=$(cut -f1 "$TMP/flood-split.tsv" | median)
+    echo
+    if [[ -z $src ]]; then
+        printf 'flood (issue 5): median 429 share %.1f%%.\n' "$share"
+        return
+    fi
+    a=$(cut -f2 "$TMP/flood-split.tsv" | grep -v '^-$' | median)
+    u=$(cut -f3 "$TMP/flood-split.tsv" | grep -v '^-$' | median)
+    s=$(cut -f4 "$TMP/flood-split.tsv" | grep -v '^-$' | median)
+    if [[ -z $a ]]; then
+        printf 'flood (issue 5): median 429 share %.1f%%; no 429 to price.\n' "$share"
+        return
+    fi
+    awk -v share="$share" -v a="$a" -v u="$u" -v s="$s" -v ct="$ct" -v cu="$cu" -v cs="$cs" -v src="$src" \
+        'function r(x, y) { return y > 0 ? sprintf("%.2f", x / y) : "-" } BEGIN {
+        printf "flood (issue 5): median 429 share %.1f%%; CPU per refused request %.2f µs (user %.2f, sys %.2f) vs %.2f µs per proxied one (user %.2f, sys %.2f; %s scenario) = %sx (user %sx, sys %sx), medians over rounds.\n",
+            share, a, u, s, ct, cu, cs, src, r(a, ct), r(u, cu), r(s, cs) }'
+}
+
 first=1
 for sc in "${scenarios[@]}"; do
     if [[ $sc == http ]]; then procs=("${selected[@]}")
-    elif [[ $sc == jwt ]]; then
+    elif [[ $sc == jwt || $sc == ratelimit || $sc == flood ]]; then
         procs=()
-        [[ " ${selected[*]} " == *" portcullis "* ]] && procs=(portcullis)
+        if [[ " ${selected[*]} " == *" portcullis "* ]]; then
+            if [[ $sc == ratelimit ]]; then procs=(plain portcullis); else procs=(portcullis); fi
+        fi
     else procs=("${tls_selected[@]}"); fi
     (( first )) || echo
     first=0
     echo "## Scenario $sc: ${SC_TITLE[$sc]}"
     echo
     if (( ${#procs[@]} == 0 )); then
-        if [[ $sc == jwt ]]; then echo "(Portcullis not selected: skipped)"; else echo "(no proxy with TLS selected: skipped)"; fi
+        case "$sc" in
+            jwt|ratelimit|flood) echo "(Portcullis not selected: skipped)" ;;
+            *) echo "(no proxy with TLS selected: skipped)" ;;
+        esac
         continue
     fi
-    if [[ $sc != http && $sc != jwt && " ${selected[*]} " == *" baseline "* ]]; then
+    if [[ ($sc == https || $sc == handshake || $sc == resume) && " ${selected[*]} " == *" baseline "* ]]; then
         echo "(the hyper baseline has no TLS: skipped in this scenario)"
         echo
     fi
@@ -931,6 +1141,31 @@ for sc in "${scenarios[@]}"; do
         echo
         awk -v a="$with_jwt" -v b="$plain" 'BEGIN { if (b > 0) printf "jwt target (issue 4): Portcullis %.0f req/s on the JWT route = %.2fx its plain http %.0f req/s in this run (target >= 0.90)\n", a, a / b, b }'
     fi
+    if [[ $sc == ratelimit ]]; then
+        echo
+        awk -v a="$(col portcullis 3)" -v b="$(col plain 3)" -v ca="$(col portcullis 8)" -v cb="$(col plain 8)" 'BEGIN {
+            if (b > 0 && cb > 0) printf "ratelimit, interleaved: Portcullis %.0f req/s through the policy = %.2fx the same requests to the policy-free route (%.0f req/s); CPU %.2f vs %.2f µs/req = %.2fx (%+.2f µs).\n",
+                a, a / b, b, ca, cb, ca / cb, ca - cb }'
+        # Paired by round (the two runs of a round are back to back, so a
+        # slow spell of the machine hits both more often than not).
+        awk -F'\t' '$1 == "plain" { b[$2] = $3; cb[$2] = $8 } $1 == "portcullis" { a[$2] = $3; ca[$2] = $8 }
+            END { for (r in a) if (r in b && b[r] > 0) printf "%s\t%.4f\t%.2f\n", r, a[r] / b[r], ca[r] - cb[r] }' "$RESULTS" \
+            | sort -n >"$TMP/ratelimit-pairs.tsv"
+        if [[ -s $TMP/ratelimit-pairs.tsv ]]; then
+            awk -v m="$(cut -f2 "$TMP/ratelimit-pairs.tsv" | median)" -v d="$(cut -f3 "$TMP/ratelimit-pairs.tsv" | median)" \
+                -v each="$(awk -F'\t' '{ printf "%s%.2fx/%+.2f µs", (NR > 1 ? ", " : ""), $2, $3 }' "$TMP/ratelimit-pairs.tsv")" 'BEGIN {
+                printf "ratelimit, paired by round: median of the per-round ratios %.2fx req/s, %+.2f µs/req CPU (rounds: %s).\n", m, d, each }'
+        fi
+        if [[ -s $TMP/results-http.tsv ]] && awk -F'\t' '$1 == "portcullis" { found = 1 } END { exit !found }' "$TMP/results-http.tsv"; then
+            awk -v a="$(col portcullis 3)" -v b="$(RESULTS=$TMP/results-http.tsv col portcullis 3)" \
+                -v ca="$(col portcullis 8)" -v cb="$(RESULTS=$TMP/results-http.tsv col portcullis 8)" 'BEGIN {
+                if (b > 0 && cb > 0) printf "ratelimit target (issue 5): Portcullis %.0f req/s on the rate-limited route = %.2fx its plain http %.0f req/s in this run (target >= 0.97): %s; CPU %.2f vs %.2f µs/req = %.2fx (%+.2f µs).\n",
+                    a, a / b, b, (a / b >= 0.97 ? "met" : "NOT met"), ca, cb, ca / cb, ca - cb }'
+        else
+            echo "ratelimit target (issue 5): needs the http scenario with Portcullis in the same run (SCENARIOS=\"http ratelimit\")."
+        fi
+    fi
+    if [[ $sc == flood ]]; then flood_report; fi
 done
 
 if (( TOTAL_ERR > 0 )); then
