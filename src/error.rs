@@ -3,6 +3,7 @@
 //! RFC 9457 problem document. Pipeline steps return `Err(Reject)`; they never
 //! build responses themselves.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -97,6 +98,26 @@ pub const CODES: [&str; 12] = [
     "overloaded",
 ];
 
+/// Writes text into a JSON string body: `"` and `\\` escaped, control
+/// characters as `\\u00XX`.
+struct JsonEscaped<'a>(&'a mut String);
+
+impl std::fmt::Write for JsonEscaped<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        for c in s.chars() {
+            match c {
+                '"' => self.0.push_str("\\\""),
+                '\\' => self.0.push_str("\\\\"),
+                c if u32::from(c) < 0x20 => {
+                    let _ = write!(self.0, "\\u{:04x}", u32::from(c));
+                }
+                c => self.0.push(c),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `Retry-After` for `overloaded`.
 const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
 
@@ -146,6 +167,39 @@ impl Reject {
         CODES[self.code_index()]
     }
 
+    /// The RFC 9457 document, written straight into one buffer: refusals
+    /// under a flood (429, 503) are answered by the thousand, and a
+    /// `serde_json::Value` tree per answer showed in their profile.
+    fn problem_json(&self, status: StatusCode, request_id: &str) -> String {
+        let mut out = String::with_capacity(256);
+        let code = self.code();
+        let _ = write!(
+            out,
+            "{{\"type\":\"urn:portcullis:problem:{code}\",\"title\":\"{}\",\"status\":{},\"detail\":\"",
+            status.canonical_reason().unwrap_or(""),
+            status.as_u16()
+        );
+        let _ = write!(JsonEscaped(&mut out), "{self}");
+        let _ = write!(out, "\",\"error\":\"{code}\",\"request_id\":\"");
+        let _ = JsonEscaped(&mut out).write_str(request_id);
+        out.push('"');
+        if let Some(u) = self.upstream() {
+            out.push_str(",\"upstream\":\"");
+            let _ = JsonEscaped(&mut out).write_str(u);
+            out.push('"');
+        }
+        if let Some(secs) = self.retry_after() {
+            let _ = write!(out, ",\"retry_after\":{secs}");
+        }
+        if let Reject::RateLimited { policy, .. } = self {
+            out.push_str(",\"policy\":\"");
+            let _ = JsonEscaped(&mut out).write_str(policy);
+            out.push('"');
+        }
+        out.push('}');
+        out
+    }
+
     /// Seconds for `Retry-After` and the problem's `retry_after`.
     fn retry_after(&self) -> Option<u64> {
         match self {
@@ -177,24 +231,7 @@ impl Reject {
     /// The problem document and headers for this rejection.
     pub fn to_response(&self, request_id: &str) -> Response<ResponseBody> {
         let status = self.status();
-        let mut doc = serde_json::json!({
-            "type": format!("urn:portcullis:problem:{}", self.code()),
-            "title": status.canonical_reason().unwrap_or(""),
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-            "error": self.code(),
-            "request_id": request_id,
-        });
-        if let Some(u) = self.upstream() {
-            doc["upstream"] = u.into();
-        }
-        if let Some(secs) = self.retry_after() {
-            doc["retry_after"] = secs.into();
-        }
-        if let Reject::RateLimited { policy, .. } = self {
-            doc["policy"] = policy.as_ref().into();
-        }
-        let body = serde_json::to_vec(&doc).unwrap_or_default();
+        let body = self.problem_json(status, request_id);
         let mut resp = Response::new(ResponseBody::full(Bytes::from(body)));
         *resp.status_mut() = status;
         let headers = resp.headers_mut();
@@ -303,6 +340,22 @@ mod tests {
                 (503, "overloaded"),
             ]
         );
+    }
+
+    #[test]
+    fn problem_documents_are_valid_json_with_every_field() {
+        for r in all() {
+            let text = r.problem_json(r.status(), "id-\"quoted\"\\\u{1}");
+            let doc: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(doc["error"], r.code());
+            assert_eq!(doc["status"], r.status().as_u16());
+            assert_eq!(doc["detail"], r.to_string());
+            assert_eq!(doc["request_id"], "id-\"quoted\"\\\u{1}");
+            assert_eq!(doc["type"], format!("urn:portcullis:problem:{}", r.code()));
+            assert_eq!(doc["retry_after"].as_u64(), r.retry_after());
+            assert_eq!(doc["upstream"].as_str(), r.upstream());
+        }
     }
 
     #[test]

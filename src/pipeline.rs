@@ -2,13 +2,13 @@
 //!
 //! | # | step | module | can answer |
 //! |---|------|--------|------------|
-//! | 1 | admit: in-flight cap and adaptive limit (before any other work), request id, traceparent, head size, mTLS subject | `limits::shed`, `proxy`, `limits` | 503 `overloaded`, 431 `headers_too_large` |
+//! | 1 | admit: in-flight cap and adaptive limit (before any other work), request id, head size, mTLS subject | `limits::shed`, `proxy`, `limits` | 503 `overloaded`, 431 `headers_too_large` |
 //! | 2 | route: host, path, method, headers | `routing` | 404 `no_route` |
 //! | 2b | authenticate: bearer token, scopes, forwarded claims; declared body size | `auth`, `limits` | 401 `unauthorized`, 403 `forbidden`, 503 `auth_unavailable`, 400 `bad_request`, 413 `payload_too_large` |
 //! | 2c | rate limit: the route's policy, first key present | `limits::rate`, `client_key` | 429 `rate_limited` |
 //! | 2d | priority: room kept for more important routes | `limits::shed` | 503 `overloaded` |
 //! | 3 | choose upstream: weighted split; its bulkhead (`max_in_flight`); the client key for `hash:` balancing | `routing::split`, `limits::shed`, `client_key` | 503 `overloaded` |
-//! | 4 | rewrite: `strip_prefix`, header hygiene, `X-Forwarded-*` | `proxy` | |
+//! | 4 | rewrite: `strip_prefix`, header hygiene, `traceparent`, `X-Forwarded-*` | `proxy` | |
 //! | 5 | forward: circuit breaker; then try by try: healthy endpoint, pooled connection, timeouts, outcome to outlier detection, retry within budget and deadline; the final outcome to the breaker | `upstream::{breaker, attempts, balance, health, retry}` | 503 `upstream_unavailable`, 413 (body cut while streaming), 502 `bad_gateway`, 504 `upstream_timeout` |
 //! | 6 | respond: hop-by-hop removal, `x-request-id`, `RateLimit` headers, drain `Connection: close`, metrics and access log when the body ends | `proxy`, `telemetry` | |
 //!
@@ -175,7 +175,6 @@ fn admit_and_route(
         }
     }
     limits::check_head(req, &snap.limits)?;
-    proxy::ensure_traceparent(req.headers_mut());
     // Before routing, so routes can match on the verified subject.
     proxy::set_client_cert_subject(req.headers_mut(), conn.client_cert_subject.as_ref());
     // Claim headers only the gateway may set (from a verified token).
@@ -334,6 +333,8 @@ fn rewrite(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
+    // Only forwarded requests need trace context: a refusal skips it.
+    proxy::ensure_traceparent(&mut parts.headers);
     proxy::to_upstream(
         &mut parts.headers,
         conn.peer.ip(),

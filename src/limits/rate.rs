@@ -122,11 +122,9 @@ pub struct Decision {
 impl Decision {
     /// The `RateLimit` field for this decision.
     pub fn header(&self, policy: &str) -> Option<HeaderValue> {
-        HeaderValue::from_str(&format!(
-            "\"{policy}\";r={};t={}",
-            self.remaining, self.reset_secs
-        ))
-        .ok()
+        let text = format!("\"{policy}\";r={};t={}", self.remaining, self.reset_secs);
+        // Handed over, not copied: one allocation per response.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
     }
 }
 
