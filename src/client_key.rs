@@ -1,7 +1,7 @@
-//! Per-client keys (`ip`, `header:<name>`, `claim:<name>`,
+//! Per-client keys (`ip`, `header:<name>`, `claim:<name>`, `cookie:<name>`,
 //! `client_cert:subject`, `route`): read from a request without
-//! allocating. `balance: hash:<key>` uses them (pipeline step 3), and rate
-//! limits will.
+//! allocating. Rate limits (step 2c), sticky splits and `hash:` balancing
+//! (step 3) use them.
 
 use std::net::IpAddr;
 
@@ -16,6 +16,7 @@ pub enum ClientKey {
     Ip,
     Header(HeaderName),
     Claim(String),
+    Cookie(String),
     ClientCertSubject,
     Route,
 }
@@ -27,6 +28,7 @@ impl ClientKey {
             KeySpec::Ip => ClientKey::Ip,
             KeySpec::Header(h) => ClientKey::Header(HeaderName::from_bytes(h.as_bytes()).ok()?),
             KeySpec::Claim(c) => ClientKey::Claim(c.clone()),
+            KeySpec::Cookie(c) => ClientKey::Cookie(c.clone()),
             KeySpec::ClientCertSubject => ClientKey::ClientCertSubject,
             KeySpec::Route => ClientKey::Route,
         })
@@ -39,6 +41,7 @@ impl std::fmt::Display for ClientKey {
             ClientKey::Ip => f.write_str("ip"),
             ClientKey::Header(h) => write!(f, "header:{h}"),
             ClientKey::Claim(c) => write!(f, "claim:{c}"),
+            ClientKey::Cookie(c) => write!(f, "cookie:{c}"),
             ClientKey::ClientCertSubject => f.write_str("client_cert:subject"),
             ClientKey::Route => f.write_str("route"),
         }
@@ -98,10 +101,43 @@ impl ClientKey {
                 .token
                 .and_then(|t| t.claim(name))
                 .map(|c| KeyBytes::Borrowed(c.as_bytes())),
+            ClientKey::Cookie(name) => cookie(src.headers, name).map(KeyBytes::Borrowed),
             ClientKey::ClientCertSubject => src
                 .client_cert_subject
                 .map(|v| KeyBytes::Borrowed(v.as_bytes())),
             ClientKey::Route => Some(KeyBytes::Borrowed(src.route.as_bytes())),
         }
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers (RFC 6265
+/// `name=value; name2=value2`); `None` when absent or empty.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            let value = pair[eq + 1..].trim_ascii();
+            (&pair[..eq] == name.as_bytes() && !value.is_empty()).then_some(value)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1; session=abc ; b=2"));
+        h.append("cookie", HeaderValue::from_static("later=x"));
+        assert_eq!(cookie(&h, "session"), Some(&b"abc"[..]));
+        assert_eq!(cookie(&h, "later"), Some(&b"x"[..]));
+        assert_eq!(cookie(&h, "sess"), None);
+        h.insert("cookie", HeaderValue::from_static("empty="));
+        assert_eq!(cookie(&h, "empty"), None);
     }
 }

@@ -352,6 +352,23 @@ pub fn commands(
             u.name
         ));
     }
+    // Canary: pin a request to the last side of a split that allows it.
+    let pinnable = config.routes.iter().find_map(|r| {
+        let last = r.split.as_ref()?.last()?;
+        let path = r
+            .matcher
+            .path_prefix
+            .as_ref()
+            .map(|p| format!("{}/42", p.trim_end_matches('/')))?;
+        (r.allow_override && r.auth.is_none()).then_some((r, last, path))
+    });
+    if let Some((route, last, path)) = pinnable {
+        out.push_str(&format!(
+            "  # canary on route `{}`: testers pin `{}`; x-portcullis-upstream says who answered\n  \
+             curl -si -H '{}: {}' {base}{path}\n\n",
+            route.name, last.upstream, route.override_header, last.upstream,
+        ));
+    }
     // Rate limits: a route with a policy, hit a few times more than its burst.
     let limited = config.routes.iter().find_map(|r| {
         let policy = config

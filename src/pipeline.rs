@@ -7,10 +7,10 @@
 //! | 2b | authenticate: bearer token, scopes, forwarded claims; declared body size | `auth`, `limits` | 401 `unauthorized`, 403 `forbidden`, 503 `auth_unavailable`, 400 `bad_request`, 413 `payload_too_large` |
 //! | 2c | rate limit: the route's policy, first key present | `limits::rate`, `client_key` | 429 `rate_limited` |
 //! | 2d | priority: room kept for more important routes | `limits::shed` | 503 `overloaded` |
-//! | 3 | choose upstream: weighted split; its bulkhead (`max_in_flight`); the client key for `hash:` balancing | `routing::split`, `limits::shed`, `client_key` | 503 `overloaded` |
+//! | 3 | choose upstream: tester override, sticky or weighted split; its bulkhead (`max_in_flight`); the client key for `hash:` balancing | `routing::split`, `limits::shed`, `client_key` | 400 `bad_request`, 503 `overloaded` |
 //! | 4 | rewrite: `strip_prefix`, header hygiene, `traceparent`, `X-Forwarded-*` | `proxy` | |
 //! | 5 | forward: circuit breaker; then try by try: healthy endpoint, pooled connection, timeouts, outcome to outlier detection, retry within budget and deadline; the final outcome to the breaker | `upstream::{breaker, attempts, balance, health, retry}` | 503 `upstream_unavailable`, 413 (body cut while streaming), 502 `bad_gateway`, 504 `upstream_timeout` |
-//! | 6 | respond: hop-by-hop removal, `x-request-id`, `RateLimit` headers, drain `Connection: close`, metrics and access log when the body ends | `proxy`, `telemetry` | |
+//! | 6 | respond: hop-by-hop removal, `x-request-id`, `x-portcullis-upstream`, `RateLimit` headers, drain `Connection: close`, metrics and access log when the body ends | `proxy`, `telemetry` | |
 //!
 //! [`handle`] never fails: it runs [`run`] and turns a [`Reject`] into the
 //! contract's problem document through `error.rs`, the only place that does.
@@ -34,6 +34,10 @@ use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::Exchange;
 use crate::upstream::retry::X_PORTCULLIS_ATTEMPTS;
+
+/// Which upstream answered (`server.upstream_header`).
+static X_PORTCULLIS_UPSTREAM: http::HeaderName =
+    http::HeaderName::from_static("x-portcullis-upstream");
 use crate::upstream::{attempts, balance, Balance, Upstream};
 use crate::{limits, proxy, routing, Shared};
 
@@ -70,6 +74,7 @@ pub async fn handle(
         access_log: snap.access_log,
         in_flight: shared.metrics.in_flight.clone(),
         rate_headers: None,
+        upstream_header: None,
         shadow_limited: None,
         shadow_shed: None,
         slots: [None, None],
@@ -93,6 +98,9 @@ pub async fn handle(
     headers.insert(proxy::X_REQUEST_ID.clone(), request_id);
     if exchange.attempts_header {
         headers.insert(X_PORTCULLIS_ATTEMPTS.clone(), exchange.attempts.into());
+    }
+    if let Some(name) = &exchange.upstream_header {
+        headers.insert(X_PORTCULLIS_UPSTREAM.clone(), name.clone());
     }
     if let Some((policy, state)) = &exchange.rate_headers {
         headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
@@ -222,7 +230,10 @@ fn admit_and_route(
     }
 
     // 3. choose upstream
-    let upstream = route.split.pick().ok_or(Reject::NoRoute)?.clone();
+    let upstream = routing::split::choose(&route, &keys)?;
+    if snap.upstream_header {
+        exchange.upstream_header = Some(upstream.name_header.clone());
+    }
     if let Some((max, count)) = &upstream.bulkhead {
         let (slot, n) = Slot::take(count);
         if n > *max {

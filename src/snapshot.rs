@@ -49,6 +49,12 @@ pub struct Route {
     pub auth: Option<RouteAuth>,
     pub rate_limit: Option<Arc<RatePolicy>>,
     pub priority: Priority,
+    /// Split by this client key's hash instead of at random.
+    pub sticky: Option<ClientKey>,
+    /// With `allow_override`: the header that pins a request to one of
+    /// `pinnable` (every upstream of the split, drained ones included).
+    pub override_header: Option<HeaderName>,
+    pub pinnable: Vec<Arc<Upstream>>,
 }
 
 /// Everything a request needs from the config, compiled.
@@ -76,6 +82,8 @@ pub struct Snapshot {
     pub shedding: Option<ShedPolicy>,
     /// Peers whose `X-Forwarded-For` names the client for `ip` keys.
     pub trusted_proxies: Vec<Cidr>,
+    /// Send `x-portcullis-upstream` on proxied responses.
+    pub upstream_header: bool,
 }
 
 impl Snapshot {
@@ -105,6 +113,8 @@ impl Snapshot {
             }
             let upstream = Arc::new(Upstream {
                 name: Arc::from(u.name.as_str()),
+                name_header: HeaderValue::from_str(&u.name)
+                    .unwrap_or(HeaderValue::from_static("-")),
                 endpoints,
                 balance: match &u.balance {
                     config::Balance::RoundRobin => Balance::RoundRobin,
@@ -255,6 +265,17 @@ impl Snapshot {
                     .as_deref()
                     .and_then(|name| policies.get(name).cloned()),
                 priority: r.priority,
+                sticky: r.sticky.as_ref().and_then(|k| ClientKey::new(&k.0)),
+                override_header: r
+                    .allow_override
+                    .then(|| HeaderName::from_bytes(r.override_header.as_bytes()).ok())
+                    .flatten(),
+                pinnable: r
+                    .split
+                    .iter()
+                    .flatten()
+                    .filter_map(|s| upstreams.get(s.upstream.as_str()).cloned())
+                    .collect(),
             };
             router.add(path, conditions, Arc::new(route));
         }
@@ -281,6 +302,7 @@ impl Snapshot {
             claim_headers,
             shedding: config.shedding.as_ref().map(ShedPolicy::new),
             trusted_proxies: config.server.trusted_proxies.clone(),
+            upstream_header: config.server.upstream_header,
         })
     }
 }

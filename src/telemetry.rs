@@ -209,6 +209,8 @@ pub struct Exchange {
     pub completed: bool,
     pub access_log: bool,
     pub in_flight: Gauge,
+    /// `x-portcullis-upstream` for the response.
+    pub upstream_header: Option<HeaderValue>,
     /// `RateLimit-Policy` and `RateLimit` for the response (rate-limited routes).
     pub rate_headers: Option<(HeaderValue, HeaderValue)>,
     /// The policy that would have refused this request in shadow mode.

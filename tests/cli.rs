@@ -681,7 +681,7 @@ listeners: [{ name: http, bind: '127.0.0.1:8080' }]
 upstreams:
   - name: users
     endpoints: [127.0.0.1:9101]
-    balance: hash:cookie:session
+    balance: hash:session:x
     health_check:
       path: health
       unhealthy_threshold: 0
@@ -711,7 +711,7 @@ routes:
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = path.display().to_string();
     for expected in [
-        format!("{file}:5:14: unknown key `cookie:session`: expected `ip`, `header:<name>`"),
+        format!("{file}:5:14: unknown key `session:x`: expected `ip`, `header:<name>`"),
         format!("{file}:7:13: `health` must start with `/`"),
         format!("{file}:8:28: must be at least 1"),
         format!("{file}:9:27: range `200-199` is empty"),

@@ -342,7 +342,7 @@ fn check_reports_limit_problems_with_their_lines() {
         ("rate_limits: [{ name: a, key: ip, rate: 5/d, burst: 5 }]\n", "2:41: invalid rate `5/d`"),
         ("rate_limits: [{ name: a, key: ip, rate: 2000000000/s, burst: 5 }]\n", "2:41: rate `2000000000/s` is too high"),
         ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 0 }]\n", "2:53: must be at least 1"),
-        ("rate_limits: [{ name: a, key: [ip, cookie:x], rate: 5/s, burst: 1 }]\n", "2:31: unknown key `cookie:x`"),
+        ("rate_limits: [{ name: a, key: [ip, session:x], rate: 5/s, burst: 1 }]\n", "2:31: unknown key `session:x`"),
         ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 1, store: 'redis://127.0.0.1:6379' }]\n", "2:63: a shared store (Redis) is part of the Portcullis contract but not supported by this build yet"),
         ("shedding: { max_in_flight: 0 }\n", "2:28: must be between 1 and 10000000"),
         ("shedding: { max_in_flight: 10, min_limit: 20 }\n", "2:43: must be between 1 and `max_in_flight`"),

@@ -284,6 +284,8 @@ pub struct ServerConfig {
     pub access_log: bool,
     /// Peers whose `X-Forwarded-For` is believed for the `ip` client key.
     pub trusted_proxies: Vec<Cidr>,
+    /// Tell clients which upstream answered (`x-portcullis-upstream`).
+    pub upstream_header: bool,
 }
 
 impl Default for ServerConfig {
@@ -299,6 +301,7 @@ impl Default for ServerConfig {
             drain_timeout: Dur::secs(30),
             access_log: true,
             trusted_proxies: Vec::new(),
+            upstream_header: true,
         }
     }
 }
@@ -358,6 +361,34 @@ pub struct RouteConfig {
     pub rate_limit: Option<String>,
     #[serde(default)]
     pub priority: Priority,
+    /// Split by a stable hash of this client key instead of at random.
+    #[serde(default)]
+    pub sticky: Option<StickyKey>,
+    /// Let `override_header` pin a request to one of the split's upstreams.
+    #[serde(default)]
+    pub allow_override: bool,
+    #[serde(default = "default_override_header")]
+    pub override_header: String,
+}
+
+fn default_override_header() -> String {
+    "x-portcullis-upstream".into()
+}
+
+/// `routes[].sticky`: a client key (not `route`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StickyKey(pub KeySpec);
+
+impl<'de> Deserialize<'de> for StickyKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match KeySpec::parse(&text).map_err(serde::de::Error::custom)? {
+            KeySpec::Route => Err(serde::de::Error::custom(
+                "`sticky: route` would send everyone to one side; use a client key",
+            )),
+            k => Ok(StickyKey(k)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

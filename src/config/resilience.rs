@@ -23,6 +23,8 @@ pub enum KeySpec {
     Claim(String),
     /// The subject of the verified mTLS client certificate.
     ClientCertSubject,
+    /// A cookie of the request.
+    Cookie(String),
     /// One key for the whole route.
     Route,
 }
@@ -47,9 +49,16 @@ impl KeySpec {
                 Ok(KeySpec::Header(name))
             }
             Some(("claim", name)) => named("claim", name).map(KeySpec::Claim),
+            Some(("cookie", name)) => {
+                let name = named("cookie", name)?;
+                if name.bytes().any(|b| b <= b' ' || b"=;,\"".contains(&b)) {
+                    return Err(format!("`{name}` is not a valid cookie name"));
+                }
+                Ok(KeySpec::Cookie(name))
+            }
             Some(("client_cert", "subject")) => Ok(KeySpec::ClientCertSubject),
             _ => Err(format!(
-                "unknown key `{t}`: expected `ip`, `header:<name>`, `claim:<name>`, `client_cert:subject` or `route`"
+                "unknown key `{t}`: expected `ip`, `header:<name>`, `claim:<name>`, `cookie:<name>`, `client_cert:subject` or `route`"
             )),
         }
     }
@@ -62,6 +71,7 @@ impl fmt::Display for KeySpec {
             KeySpec::Header(h) => write!(f, "header:{h}"),
             KeySpec::Claim(c) => write!(f, "claim:{c}"),
             KeySpec::ClientCertSubject => f.write_str("client_cert:subject"),
+            KeySpec::Cookie(c) => write!(f, "cookie:{c}"),
             KeySpec::Route => f.write_str("route"),
         }
     }
@@ -566,9 +576,15 @@ mod tests {
             KeySpec::parse("client_cert:subject").unwrap(),
             KeySpec::ClientCertSubject
         );
+        assert_eq!(
+            KeySpec::parse("cookie:session").unwrap(),
+            KeySpec::Cookie("session".into())
+        );
         for bad in [
             "",
-            "cookie:a",
+            "cookie:",
+            "cookie:a=b",
+            "session:x",
             "header:",
             "header:bad name",
             "client_cert:issuer",

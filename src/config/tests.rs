@@ -130,9 +130,9 @@ fn yaml_syntax_errors_have_a_position() {
 
 #[test]
 fn planned_keys_say_so() {
-    let errs = errors(&GOOD.replace("    upstream: a\n", "    upstream: a\n    sticky: true\n"));
+    let errs = errors(&GOOD.replace("    upstream: a\n", "    upstream: a\n    guard: {}\n"));
     assert!(
-        errs[0].contains("`sticky` is part of the Portcullis contract"),
+        errs[0].contains("`guard` is part of the Portcullis contract"),
         "{errs:#?}"
     );
 }

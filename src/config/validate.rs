@@ -362,6 +362,18 @@ fn validate_route(r: &RouteConfig, path: &str, upstreams: &[&str], report: &mut 
                     );
                 }
             }
+            for (j, s) in split.iter().enumerate() {
+                if let Some(first) = split[..j].iter().position(|t| t.upstream == s.upstream) {
+                    report(
+                        &format!("{path}.split[{j}].upstream"),
+                        false,
+                        format!(
+                            "upstream `{}` is already in this split (split[{first}]); give it one entry",
+                            s.upstream
+                        ),
+                    );
+                }
+            }
             let total: u64 = split.iter().map(|s| u64::from(s.weight)).sum();
             if !split.is_empty() && total == 0 {
                 report(
@@ -380,6 +392,28 @@ fn validate_route(r: &RouteConfig, path: &str, upstreams: &[&str], report: &mut 
                 "must be more than 0".into(),
             );
         }
+    }
+    if r.sticky.is_some() && r.split.is_none() {
+        report(
+            &format!("{path}.sticky"),
+            true,
+            "`sticky` chooses among a `split`'s upstreams; this route has none".into(),
+        );
+    }
+    if r.allow_override && r.split.is_none() {
+        report(
+            &format!("{path}.allow_override"),
+            true,
+            "`allow_override` pins requests to one of a `split`'s upstreams; this route has none"
+                .into(),
+        );
+    }
+    if http::HeaderName::from_bytes(r.override_header.as_bytes()).is_err() {
+        report(
+            &format!("{path}.override_header"),
+            false,
+            format!("`{}` is not a valid header name", r.override_header),
+        );
     }
     if let Some(p) = &r.strip_prefix {
         if !p.starts_with('/') {

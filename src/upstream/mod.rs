@@ -173,6 +173,8 @@ impl Drop for InFlight<'_> {
 /// An upstream as the snapshot sees it.
 pub struct Upstream {
     pub name: Arc<str>,
+    /// `name` as a header value (`x-portcullis-upstream`), made once.
+    pub name_header: http::HeaderValue,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub balance: Balance,
     pub request_timeout: Duration,
