@@ -14,6 +14,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod client_key;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -20,9 +20,9 @@ use std::time::Duration;
 use dashmap::DashMap;
 use http::HeaderValue;
 use metrics::{Counter, Gauge};
-use tokio::time::Instant;
 
 use crate::client_key::{ClientKey, KeySource};
+use crate::clock::Clock;
 use crate::config::{LimitMode, RateLimitConfig};
 use crate::error::Reject;
 use crate::telemetry::{Exchange, Metrics, RATE_LIMITED_TOTAL, RATE_LIMIT_KEYS};
@@ -130,7 +130,7 @@ impl Decision {
 
 /// One policy's buckets (long-lived; see the module docs).
 pub struct Buckets {
-    clock: Instant,
+    clock: Clock,
     map: DashMap<Box<[u8]>, AtomicU64>,
     /// Shared by keys that arrive while `max_keys` are live.
     overflow: AtomicU64,
@@ -146,7 +146,7 @@ impl Buckets {
             metrics.counter(RATE_LIMITED_TOTAL, &[("policy", policy), ("mode", mode)])
         };
         Buckets {
-            clock: Instant::now(),
+            clock: Clock::new(),
             map: DashMap::new(),
             overflow: AtomicU64::new(0),
             live: AtomicUsize::new(0),
@@ -156,21 +156,13 @@ impl Buckets {
         }
     }
 
-    fn now_ns(&self) -> u64 {
-        Instant::now()
-            .saturating_duration_since(self.clock)
-            .as_nanos()
-            .try_into()
-            .unwrap_or(u64::MAX)
-    }
-
     /// Live keys (what the sweep has not removed yet).
     pub fn live_keys(&self) -> usize {
         self.live.load(Ordering::Relaxed)
     }
 
     fn check(&self, key: &[u8], interval_ns: u64, burst: u64, max_keys: usize) -> Decision {
-        let now = self.now_ns();
+        let now = self.clock.now_ns();
         if let Some(cell) = self.map.get(key) {
             return gcra(&cell, now, interval_ns, burst);
         }
@@ -186,7 +178,7 @@ impl Buckets {
 
     /// Forgets keys whose bucket is full again; returns how many are left.
     pub fn sweep(&self) -> usize {
-        let now = self.now_ns();
+        let now = self.clock.now_ns();
         self.map.retain(|_, tat| tat.load(Ordering::Relaxed) > now);
         let left = self.map.len();
         self.live.store(left, Ordering::Relaxed);

@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
-use tokio::time::Instant;
 
+use crate::clock::{millis, Clock};
 use crate::config::{LimitMode, Priority, SheddingConfig};
 use crate::telemetry::{Metrics, CONCURRENCY_LIMIT, SHED_TOTAL};
 
@@ -116,7 +116,7 @@ struct Adaptive {
 
 /// The gateway's shedding state (long-lived, in [`crate::state::State`]).
 pub struct Shedder {
-    clock: Instant,
+    clock: Clock,
     pub in_flight: Arc<AtomicUsize>,
     /// The adaptive limit now (`max_in_flight` when adaptive is off).
     limit: AtomicUsize,
@@ -135,7 +135,7 @@ impl Shedder {
             metrics.counter(SHED_TOTAL, &[("reason", reason.as_str()), ("mode", mode)])
         };
         Shedder {
-            clock: Instant::now(),
+            clock: Clock::new(),
             in_flight: Arc::new(AtomicUsize::new(0)),
             limit: AtomicUsize::new(usize::MAX),
             window_start_ms: AtomicU64::new(0),
@@ -224,7 +224,7 @@ impl Shedder {
         let ns = latency.as_nanos().try_into().unwrap_or(u64::MAX);
         self.window_sum_ns.fetch_add(ns, Ordering::Relaxed);
         self.window_count.fetch_add(1, Ordering::Relaxed);
-        let now = millis(Instant::now().saturating_duration_since(self.clock));
+        let now = self.clock.now_ms();
         let start = self.window_start_ms.load(Ordering::Relaxed);
         if now < start + millis(WINDOW) {
             return;
@@ -282,10 +282,6 @@ impl Shedder {
         self.limit_gauge
             .set(policy.map_or(0.0, |p| p.max_in_flight as f64));
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    d.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -78,11 +78,6 @@ impl<T> Split<T> {
         self.pick_at(u64::try_from(draw).unwrap_or(u64::MAX))
     }
 
-    /// Every target with its weight above 0.
-    pub fn targets(&self) -> impl Iterator<Item = &T> {
-        self.targets.iter().map(|(_, t)| t)
-    }
-
     /// Picks a target at random by weight.
     pub fn pick(&self) -> Option<&T> {
         match self.targets.len() {

@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
+use crate::clock::millis;
 use crate::config::ServerConfig;
 use crate::telemetry::{CONNECTIONS_REJECTED_TOTAL, CONNECTIONS_TOTAL, OPEN_CONNECTIONS};
 use crate::tls::listener::ListenerTls;
@@ -384,8 +385,4 @@ impl Connection {
         open.decrement(1.0);
         drop(drain.tracker);
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    d.as_millis().try_into().unwrap_or(u64::MAX)
 }

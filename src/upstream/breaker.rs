@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::clock::{millis, Clock};
 use metrics::{Counter, Gauge};
-use tokio::time::Instant;
 
 use super::outcome::{Outcome, OutcomeSet};
 use super::window::Window;
@@ -108,7 +108,7 @@ struct Transitions {
 /// One upstream's breaker state (long-lived; see the module docs).
 pub struct Breaker {
     upstream: Arc<str>,
-    clock: Instant,
+    clock: Clock,
     state: AtomicU8,
     epoch: AtomicU64,
     /// While open: until when (ms on `clock`) requests are refused.
@@ -139,7 +139,7 @@ impl Breaker {
         gauge.set(0.0);
         Breaker {
             upstream: Arc::from(upstream),
-            clock: Instant::now(),
+            clock: Clock::new(),
             state: AtomicU8::new(BreakerState::Closed as u8),
             epoch: AtomicU64::new(0),
             open_until: AtomicU64::new(0),
@@ -158,10 +158,6 @@ impl Breaker {
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        millis(Instant::now().saturating_duration_since(self.clock))
-    }
-
     /// The state now, and for an open breaker how long it stays open.
     pub fn state(&self) -> (BreakerState, Duration) {
         let state = BreakerState::from_u8(self.state.load(Ordering::Acquire));
@@ -169,7 +165,7 @@ impl Breaker {
             BreakerState::Open => Duration::from_millis(
                 self.open_until
                     .load(Ordering::Acquire)
-                    .saturating_sub(self.now_ms()),
+                    .saturating_sub(self.clock.now_ms()),
             ),
             _ => Duration::ZERO,
         };
@@ -185,7 +181,7 @@ impl Breaker {
                 BreakerState::Closed => return Ok(self.ticket(epoch, false)),
                 BreakerState::Open => {
                     let until = self.open_until.load(Ordering::Acquire);
-                    let now = self.now_ms();
+                    let now = self.clock.now_ms();
                     if now < until {
                         return Err(Duration::from_millis(until - now));
                     }
@@ -232,7 +228,7 @@ impl Breaker {
             }
             return;
         }
-        let now = self.now_ms();
+        let now = self.clock.now_ms();
         self.window
             .add(now, policy.window_ms, u32::from(!failed), u32::from(failed));
         if !failed {
@@ -271,7 +267,7 @@ impl Breaker {
             .saturating_mul(1u32 << reopenings.min(16))
             .min(policy.max_open_for);
         self.open_until
-            .store(self.now_ms() + millis(open_for), Ordering::Release);
+            .store(self.clock.now_ms() + millis(open_for), Ordering::Release);
         self.state
             .store(BreakerState::Open as u8, Ordering::Release);
         self.epoch.store(epoch + 1, Ordering::Release);
@@ -316,10 +312,6 @@ impl Breaker {
         self.metrics.gauge.set(0.0);
         tracing::info!(upstream = %self.upstream, "circuit breaker closed");
     }
-}
-
-pub fn millis(d: Duration) -> u64 {
-    d.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -18,9 +18,9 @@ use metrics::Gauge;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::breaker::millis;
 use super::{Endpoint, Pool, Upstream};
 use crate::body::RequestBody;
+use crate::clock::{millis, Clock};
 use crate::config::{HealthCheckConfig, OutlierConfig, StatusRange};
 
 /// An endpoint's health verdicts (part of [`Endpoint`]).
@@ -34,7 +34,7 @@ pub struct Health {
     failures_in_a_row: AtomicU32,
     /// Ejections in a row (each doubles the ejection time).
     ejections: AtomicU32,
-    clock: Instant,
+    clock: Clock,
     last_check: Mutex<Option<CheckResult>>,
     gauge: Gauge,
 }
@@ -57,7 +57,7 @@ impl Health {
             ejected_until: AtomicU64::new(0),
             failures_in_a_row: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
-            clock: Instant::now(),
+            clock: Clock::new(),
             last_check: Mutex::new(None),
             gauge,
         }
@@ -70,7 +70,7 @@ impl Health {
             return false;
         }
         let until = self.ejected_until.load(Ordering::Relaxed);
-        until == 0 || self.now_ms() >= until
+        until == 0 || self.clock.now_ms() >= until
     }
 
     pub fn is_up(&self) -> bool {
@@ -80,7 +80,7 @@ impl Health {
     /// How long the endpoint stays ejected (zero when it is not).
     pub fn ejected_for(&self) -> Duration {
         let until = self.ejected_until.load(Ordering::Relaxed);
-        Duration::from_millis(until.saturating_sub(self.now_ms()))
+        Duration::from_millis(until.saturating_sub(self.clock.now_ms()))
     }
 
     pub fn last_check(&self) -> Option<CheckResult> {
@@ -88,10 +88,6 @@ impl Health {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-    }
-
-    fn now_ms(&self) -> u64 {
-        millis(Instant::now().saturating_duration_since(self.clock))
     }
 
     fn update_gauge(&self) {
@@ -163,7 +159,7 @@ pub fn observe(upstream: &Upstream, endpoint: &Arc<Endpoint>, transport_failure:
         .eject_for
         .saturating_mul(1u32 << times.min(16))
         .min(policy.max_eject_for);
-    let until = health.now_ms() + millis(eject_for).max(1);
+    let until = health.clock.now_ms() + millis(eject_for).max(1);
     if health
         .ejected_until
         .compare_exchange(0, until, Ordering::AcqRel, Ordering::Acquire)

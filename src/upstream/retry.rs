@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, Method};
 use metrics::Counter;
-use tokio::time::Instant;
 
-use super::breaker::millis;
 use super::outcome::{Outcome, OutcomeSet};
 use super::window::Window;
+use crate::clock::{millis, Clock};
 use crate::config::RetryConfig;
 use crate::telemetry::{Metrics, UPSTREAM_RETRIES_TOTAL};
 
@@ -83,7 +82,7 @@ impl RetryPolicy {
 /// One upstream's retry budget and retry counters (long-lived, in
 /// [`crate::state::State`]).
 pub struct RetryBudget {
-    clock: Instant,
+    clock: Clock,
     /// `a` = requests, `b` = retries.
     window: Window,
     pub succeeded: Counter,
@@ -100,7 +99,7 @@ impl RetryBudget {
             )
         };
         RetryBudget {
-            clock: Instant::now(),
+            clock: Clock::new(),
             window: Window::default(),
             succeeded: result("success"),
             failed: result("failure"),
@@ -108,18 +107,15 @@ impl RetryBudget {
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        millis(Instant::now().saturating_duration_since(self.clock))
-    }
-
     /// Counts a request (first tries only) towards the budget.
     pub fn deposit(&self) {
-        self.window.add(self.now_ms(), millis(BUDGET_WINDOW), 1, 0);
+        self.window
+            .add(self.clock.now_ms(), millis(BUDGET_WINDOW), 1, 0);
     }
 
     /// Takes one retry from the budget; false (and counted) when it is spent.
     pub fn withdraw(&self, policy: &RetryPolicy) -> bool {
-        let now = self.now_ms();
+        let now = self.clock.now_ms();
         let (requests, retries) = self.window.totals(now, millis(BUDGET_WINDOW));
         let allowed = policy.budget * requests as f64 + policy.min_per_window;
         if (retries as f64) + 1.0 > allowed {
