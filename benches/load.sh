@@ -49,6 +49,13 @@
 #              cost measured in the same run (the `ratelimit` scenario's
 #              Portcullis, else the `http` one). FLOOD_PCT=100 measures
 #              refusals (almost) alone.
+#   canary     (not in the default) plain HTTP keep-alive to a route that
+#              splits 95/5 between two upstreams (both the same backend)
+#              with `sticky: header:x-user`, Portcullis only: wrk's Lua
+#              script sends 1000 x-user keys in turn. Its rounds alternate
+#              with the same requests to the single-upstream route
+#              ("Portcullis, no split"), so the ratio table is the sticky
+#              split's cost. Issue 6's target: at least 0.97x.
 #   The hyper baseline has no TLS: it runs in `http` only. The TLS scenarios
 #   use one self-signed ECDSA P-256 certificate (SAN localhost, 127.0.0.1),
 #   made with openssl in the temp dir, for every proxy: TLS 1.2 and 1.3,
@@ -64,6 +71,7 @@
 #                                target/release/deps/baseline_proxy-* as they are
 #   SCENARIOS=handshake benches/load.sh --quick   one scenario only
 #   SCENARIOS="http ratelimit flood" benches/load.sh --no-build   rate limits (issue 5)
+#   SCENARIOS=canary PROXIES=portcullis benches/load.sh --no-build   sticky canary split (issue 6)
 #
 # Environment (all optional):
 #   DURATION=10s   measured time per run (wrk -d syntax: 5s, 1m)
@@ -72,7 +80,7 @@
 #   CONNS=64       wrk connections (http, https)
 #   CONNS_HANDSHAKE=16   wrk connections in the handshake scenario
 #   SCENARIOS="http https handshake jwt"   which scenarios, in this order
-#                  (also: resume, ratelimit, flood)
+#                  (also: resume, ratelimit, flood, canary)
 #   FLOOD_PCT=90   flood: percent of requests with the hot (refused) key
 #   PROXIES="baseline portcullis nginx haproxy"   which proxies, in round order
 #   UPSTREAM=nginx|backend   the upstream: NGINX `return 200` with a fixed
@@ -127,16 +135,16 @@ if [[ ! $FLOOD_PCT =~ ^[0-9]+$ ]] || (( FLOOD_PCT > 100 )); then die "FLOOD_PCT 
 scenarios=()
 for sc in $SCENARIOS; do
     case "$sc" in
-        http|https|handshake|resume|jwt|ratelimit|flood) [[ " ${scenarios[*]} " == *" $sc "* ]] || scenarios+=("$sc") ;;
-        *) die "unknown scenario '$sc' in SCENARIOS (http, https, handshake, resume, jwt, ratelimit, flood)" ;;
+        http|https|handshake|resume|jwt|ratelimit|flood|canary) [[ " ${scenarios[*]} " == *" $sc "* ]] || scenarios+=("$sc") ;;
+        *) die "unknown scenario '$sc' in SCENARIOS (http, https, handshake, resume, jwt, ratelimit, flood, canary)" ;;
     esac
 done
-(( ${#scenarios[@]} > 0 )) || die "SCENARIOS is empty (http, https, handshake, resume, jwt, ratelimit, flood)"
+(( ${#scenarios[@]} > 0 )) || die "SCENARIOS is empty (http, https, handshake, resume, jwt, ratelimit, flood, canary)"
 # TLS=1 when a scenario needs the proxies' TLS listeners.
 TLS=0 HAS_HTTP=0
-JWT=0 RL=0
+JWT=0 RL=0 CANARY=0
 for sc in "${scenarios[@]}"; do
-    case "$sc" in http) HAS_HTTP=1 ;; jwt) JWT=1 ;; ratelimit|flood) RL=1 ;; *) TLS=1 ;; esac
+    case "$sc" in http) HAS_HTTP=1 ;; jwt) JWT=1 ;; ratelimit|flood) RL=1 ;; canary) CANARY=1 ;; *) TLS=1 ;; esac
 done
 # wrk duration -> seconds, for time bounds.
 secs() {
@@ -634,6 +642,37 @@ rate_limits:
     rate_limit: bench-flood"
 fi
 
+# The canary scenario: a second upstream on the same backend, a route that
+# splits 95/5 between the two by a sticky x-user key, and the wrk script
+# that sends 1000 keys in turn (requests made once, in init()).
+PC_CANARY_UPSTREAM="" PC_CANARY_ROUTE=""
+if (( CANARY )); then
+    mkdir -p "$TMP/canary"
+    cat >"$TMP/canary/users.lua" <<'EOF'
+local users, c = {}, 0
+function init(args)
+  for i = 1, 1000 do
+    users[i] = wrk.format(nil, nil, { ["x-user"] = "user-" .. i })
+  end
+end
+function request()
+  c = c % #users + 1
+  return users[c]
+end
+EOF
+    PC_CANARY_UPSTREAM="
+  - name: up-canary
+    endpoints: [127.0.0.1:$UP_PORT]"
+    PC_CANARY_ROUTE="
+  - name: canary
+    match:
+      path_prefix: /canary
+    split:
+      - { upstream: up, weight: 95 }
+      - { upstream: up-canary, weight: 5 }
+    sticky: header:x-user"
+fi
+
 cat >"$TMP/portcullis/gateway.yaml" <<EOF
 listeners:
   - name: http
@@ -646,12 +685,12 @@ server:
   access_log: false$PC_JWT_PROVIDER$PC_RL_POLICIES
 upstreams:
   - name: up
-    endpoints: [127.0.0.1:$UP_PORT]
+    endpoints: [127.0.0.1:$UP_PORT]$PC_CANARY_UPSTREAM
 routes:
   - name: all
     match:
       path_prefix: /
-    upstream: up$PC_JWT_ROUTE$PC_RL_ROUTES
+    upstream: up$PC_JWT_ROUTE$PC_RL_ROUTES$PC_CANARY_ROUTE
 EOF
 
 # NGINX and HAProxy add X-Forwarded-For/-Proto/-Host like Portcullis does, so
@@ -748,8 +787,17 @@ done
 # ratelimit: "plain" is the same Portcullis process measured on its
 # policy-free route with the same requests (header included), in the rounds
 # between those on the policy route.
-if (( RL )) && [[ -n ${PID[portcullis]:-} ]]; then
+if (( RL || CANARY )) && [[ -n ${PID[portcullis]:-} ]]; then
     PID[plain]=${PID[portcullis]}; PORT[plain]=$PC_PORT; LABEL[plain]="Portcullis, no policy"
+    (( RL )) || LABEL[plain]="Portcullis, no split"
+fi
+if (( CANARY )) && [[ -n ${PID[portcullis]:-} ]]; then
+    for user in user-1 user-2 user-3 user-4; do
+        head=$(http_get "$PC_PORT" /canary/bench "x-user: $user" | sed '/^$/q')
+        [[ $head == "HTTP/1.1 200"* ]] || { note "the canary route does not answer 200:"; echo "$head" >&2; exit 1; }
+    done
+fi
+if (( RL )) && [[ -n ${PID[portcullis]:-} ]]; then
     # The policy is in force: the answer carries its RateLimit-Policy.
     rl_head=$(http_get "$PC_PORT" /rl/bench "$RL_KEY_HEADER" | sed '/^$/q')
     if [[ $rl_head != "HTTP/1.1 200"* ]] || ! grep -qi '^ratelimit-policy: "bench-open"' <<<"$rl_head"; then
@@ -844,6 +892,8 @@ SC_TITLE[resume]="a resumed TLS session per request (wrk -t1 -c$CONNS_HANDSHAKE 
 SC_TITLE[jwt]="plain HTTP/1.1 keep-alive to a JWT-protected route (wrk -t1 -c$CONNS, 100 ES256 tokens in turn; Portcullis only)"
 SC_TITLE[ratelimit]="plain HTTP/1.1 keep-alive with '$RL_KEY_HEADER' to a route whose rate-limit policy never refuses (rate 1e8/s, burst 1e8), rounds alternating with the policy-free route (wrk -t1 -c$CONNS; Portcullis only)"
 SC_TITLE[flood]="plain HTTP/1.1 keep-alive to a route limited to 100/s, burst 100 per x-api-key: $FLOOD_PCT% of requests with one hot key (429), the rest with 1000 keys in turn (proxied) (wrk -t1 -c$CONNS; Portcullis only)"
+SC_TITLE[canary]="plain HTTP/1.1 keep-alive to a route splitting 95/5 by a sticky x-user key (1000 keys in turn), rounds alternating with the same requests to the single-upstream route (wrk -t1 -c$CONNS; Portcullis only)"
+SC_RATE[canary]="req/s"; SC_UNIT[canary]="µs/req"
 SC_RATE[jwt]="req/s"; SC_UNIT[jwt]="µs/req"
 SC_RATE[ratelimit]="req/s"; SC_UNIT[ratelimit]="µs/req"
 SC_RATE[flood]="req/s"; SC_UNIT[flood]="µs/req"
@@ -860,6 +910,9 @@ run_one() {  # run_one scenario proxy round
         ratelimit) conns=$CONNS hdr=(-H "$RL_KEY_HEADER")
              if [[ $p == plain ]]; then url="http://127.0.0.1:${PORT[$p]}$URL_PATH"
              else url="http://127.0.0.1:${PORT[$p]}/rl/bench"; fi ;;
+        canary) conns=$CONNS hdr=(-s "$TMP/canary/users.lua")
+             if [[ $p == plain ]]; then url="http://127.0.0.1:${PORT[$p]}$URL_PATH"
+             else url="http://127.0.0.1:${PORT[$p]}/canary/bench"; fi ;;
         flood) url="http://127.0.0.1:${PORT[$p]}/flood/bench"; conns=$CONNS
                hdr=(-s "$TMP/rl/flood.lua") ;;
         https) url="https://$TLS_HOST:${TLS_PORT[$p]}$URL_PATH"; conns=$CONNS ;;
@@ -1105,10 +1158,10 @@ flood_report() {
 first=1
 for sc in "${scenarios[@]}"; do
     if [[ $sc == http ]]; then procs=("${selected[@]}")
-    elif [[ $sc == jwt || $sc == ratelimit || $sc == flood ]]; then
+    elif [[ $sc == jwt || $sc == ratelimit || $sc == flood || $sc == canary ]]; then
         procs=()
         if [[ " ${selected[*]} " == *" portcullis "* ]]; then
-            if [[ $sc == ratelimit ]]; then procs=(plain portcullis); else procs=(portcullis); fi
+            if [[ $sc == ratelimit || $sc == canary ]]; then procs=(plain portcullis); else procs=(portcullis); fi
         fi
     else procs=("${tls_selected[@]}"); fi
     (( first )) || echo
@@ -1117,7 +1170,7 @@ for sc in "${scenarios[@]}"; do
     echo
     if (( ${#procs[@]} == 0 )); then
         case "$sc" in
-            jwt|ratelimit|flood) echo "(Portcullis not selected: skipped)" ;;
+            jwt|ratelimit|flood|canary) echo "(Portcullis not selected: skipped)" ;;
             *) echo "(no proxy with TLS selected: skipped)" ;;
         esac
         continue
@@ -1141,21 +1194,30 @@ for sc in "${scenarios[@]}"; do
         echo
         awk -v a="$with_jwt" -v b="$plain" 'BEGIN { if (b > 0) printf "jwt target (issue 4): Portcullis %.0f req/s on the JWT route = %.2fx its plain http %.0f req/s in this run (target >= 0.90)\n", a, a / b, b }'
     fi
-    if [[ $sc == ratelimit ]]; then
+    if [[ $sc == ratelimit || $sc == canary ]]; then
+        if [[ $sc == canary ]]; then what="the sticky 95/5 split" other="the single-upstream route"
+        else what="the policy" other="the policy-free route"; fi
         echo
-        awk -v a="$(col portcullis 3)" -v b="$(col plain 3)" -v ca="$(col portcullis 8)" -v cb="$(col plain 8)" 'BEGIN {
-            if (b > 0 && cb > 0) printf "ratelimit, interleaved: Portcullis %.0f req/s through the policy = %.2fx the same requests to the policy-free route (%.0f req/s); CPU %.2f vs %.2f µs/req = %.2fx (%+.2f µs).\n",
-                a, a / b, b, ca, cb, ca / cb, ca - cb }'
+        awk -v sc="$sc" -v what="$what" -v other="$other" -v a="$(col portcullis 3)" -v b="$(col plain 3)" -v ca="$(col portcullis 8)" -v cb="$(col plain 8)" 'BEGIN {
+            if (b > 0 && cb > 0) printf "%s, interleaved: Portcullis %.0f req/s through %s = %.2fx the same requests to %s (%.0f req/s); CPU %.2f vs %.2f µs/req = %.2fx (%+.2f µs).\n",
+                sc, a, what, a / b, other, b, ca, cb, ca / cb, ca - cb }'
         # Paired by round (the two runs of a round are back to back, so a
         # slow spell of the machine hits both more often than not).
         awk -F'\t' '$1 == "plain" { b[$2] = $3; cb[$2] = $8 } $1 == "portcullis" { a[$2] = $3; ca[$2] = $8 }
             END { for (r in a) if (r in b && b[r] > 0) printf "%s\t%.4f\t%.2f\n", r, a[r] / b[r], ca[r] - cb[r] }' "$RESULTS" \
-            | sort -n >"$TMP/ratelimit-pairs.tsv"
-        if [[ -s $TMP/ratelimit-pairs.tsv ]]; then
-            awk -v m="$(cut -f2 "$TMP/ratelimit-pairs.tsv" | median)" -v d="$(cut -f3 "$TMP/ratelimit-pairs.tsv" | median)" \
-                -v each="$(awk -F'\t' '{ printf "%s%.2fx/%+.2f µs", (NR > 1 ? ", " : ""), $2, $3 }' "$TMP/ratelimit-pairs.tsv")" 'BEGIN {
-                printf "ratelimit, paired by round: median of the per-round ratios %.2fx req/s, %+.2f µs/req CPU (rounds: %s).\n", m, d, each }'
+            | sort -n >"$TMP/$sc-pairs.tsv"
+        if [[ -s $TMP/$sc-pairs.tsv ]]; then
+            awk -v sc="$sc" -v m="$(cut -f2 "$TMP/$sc-pairs.tsv" | median)" -v d="$(cut -f3 "$TMP/$sc-pairs.tsv" | median)" \
+                -v each="$(awk -F'\t' '{ printf "%s%.2fx/%+.2f µs", (NR > 1 ? ", " : ""), $2, $3 }' "$TMP/$sc-pairs.tsv")" 'BEGIN {
+                printf "%s, paired by round: median of the per-round ratios %.2fx req/s, %+.2f µs/req CPU (rounds: %s).\n", sc, m, d, each }'
         fi
+    fi
+    if [[ $sc == canary ]]; then
+        awk -v a="$(col portcullis 3)" -v b="$(col plain 3)" 'BEGIN {
+            if (b > 0) printf "canary target (issue 6): the sticky 95/5 split at %.2fx the single-upstream route'"'"'s req/s in this run (target >= 0.97): %s.\n",
+                a / b, (a / b >= 0.97 ? "met" : "NOT met") }'
+    fi
+    if [[ $sc == ratelimit ]]; then
         if [[ -s $TMP/results-http.tsv ]] && awk -F'\t' '$1 == "portcullis" { found = 1 } END { exit !found }' "$TMP/results-http.tsv"; then
             awk -v a="$(col portcullis 3)" -v b="$(RESULTS=$TMP/results-http.tsv col portcullis 3)" \
                 -v ca="$(col portcullis 8)" -v cb="$(RESULTS=$TMP/results-http.tsv col portcullis 8)" 'BEGIN {

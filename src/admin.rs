@@ -201,6 +201,7 @@ fn status(shared: &Shared) -> String {
         "draining": shared.is_draining(),
         "routes": snap.router.len(),
         "upstreams": upstreams,
+        "canary_guards": snap.guards.iter().map(|g| g.status()).collect::<Vec<_>>(),
         "tls_listeners": listeners,
     });
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();

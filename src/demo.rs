@@ -258,6 +258,12 @@ pub fn commands(
         for (k, v) in &m.headers {
             args.push_str(&format!(" -H '{k}: {}'", v.0));
         }
+        // A version other than the default is asked for by header.
+        if let (Some(v), Some(versioning)) = (m.version, &config.versioning) {
+            if versioning.default != Some(v) {
+                args.push_str(&format!(" -H '{}: {v}'", versioning.header));
+            }
+        }
         let needs_token = matches!(r.auth, Some(crate::config::RouteAuthConfig::Jwt { .. }));
         if needs_token {
             match token {
@@ -368,6 +374,60 @@ pub fn commands(
              curl -si -H '{}: {}' {base}{path}\n\n",
             route.name, last.upstream, route.override_header, last.upstream,
         ));
+    }
+    // Canary guard: make the last split target fail and watch it drained.
+    let guarded = config.routes.iter().find_map(|r| {
+        let last = r.split.as_ref()?.last()?;
+        let upstream = config.upstreams.iter().find(|u| u.name == last.upstream)?;
+        let path = r
+            .matcher
+            .path_prefix
+            .as_ref()
+            .map(|p| format!("{}/42", p.trim_end_matches('/')))?;
+        (r.guard.is_some()
+            && r.auth.is_none()
+            && r.matcher
+                .version
+                .is_none_or(|v| config.versioning.as_ref().and_then(|c| c.default) == Some(v)))
+        .then_some((r, upstream, path))
+    });
+    if let Some((route, upstream, path)) = guarded {
+        let sick = &upstream.endpoints[0];
+        out.push_str(&format!(
+            "  # canary guard on route `{}`: make `{}` fail, send traffic, see it drained
+  \
+             # (/status canary_guards; it stays drained until the route's split changes)
+  \
+             curl -s http://{sick}/_demo/sick
+  \
+             for i in $(seq 400); do curl -s -o /dev/null -H \"x-user: u$i\" {base}{path}; done
+  \
+             curl -s {admin}/metrics | grep canary_guard
+  \
+             curl -s http://{sick}/_demo/well
+\n",
+            route.name, upstream.name,
+        ));
+    }
+    // Versions: ask for a version that is not served.
+    if config.versioning.is_some() {
+        if let Some(r) = config.routes.iter().find(|r| r.deprecation.is_some()) {
+            if let Some(p) = r
+                .matcher
+                .path_prefix
+                .as_deref()
+                .or(r.matcher.path.as_deref())
+            {
+                let p = p.trim_end_matches('/');
+                let (head, tail) = p.rsplit_once('/').unwrap_or(("", p));
+                out.push_str(&format!(
+                    "  # versions: `{}` is deprecated (see its Deprecation, Sunset and Link headers);\n  \
+                     # a version no route serves is a 404 that lists the served ones\n  \
+                     curl -s {base}{head}/v9/{tail}\n\n",
+                    r.name,
+                ));
+            }
+        }
     }
     // Rate limits: a route with a policy, hit a few times more than its burst.
     let limited = config.routes.iter().find_map(|r| {

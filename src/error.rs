@@ -19,6 +19,18 @@ pub enum Reject {
     BadRequest { reason: &'static str },
     #[error("no route matches this request")]
     NoRoute,
+    /// Two version sources name different versions (a `bad_request`).
+    #[error("the request names two versions: {} by its {} and {} by its {}", first.1, first.0, second.1, second.0)]
+    VersionConflict {
+        first: (&'static str, u32),
+        second: (&'static str, u32),
+    },
+    /// Routes serve this path, but not at the request's version.
+    #[error("{}", unsupported_detail(*version, supported))]
+    UnsupportedVersion {
+        version: Option<u32>,
+        supported: Vec<u32>,
+    },
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: u64 },
     #[error("the request headers are larger than {limit} bytes")]
@@ -83,7 +95,7 @@ impl std::fmt::Display for UpstreamFailure {
 
 /// Every error code, in a fixed order (the index of a code is used for
 /// per-route metric handle tables).
-pub const CODES: [&str; 12] = [
+pub const CODES: [&str; 13] = [
     "bad_request",
     "no_route",
     "payload_too_large",
@@ -96,7 +108,20 @@ pub const CODES: [&str; 12] = [
     "upstream_unavailable",
     "rate_limited",
     "overloaded",
+    "unsupported_version",
 ];
+
+fn unsupported_detail(version: Option<u32>, supported: &[u32]) -> String {
+    let list = supported
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    match version {
+        Some(v) => format!("version {v} is not served at this path; it serves versions {list}"),
+        None => format!("this path needs an API version; it serves versions {list}"),
+    }
+}
 
 /// Writes text into a JSON string body: `"` and `\\` escaped, control
 /// characters as `\\u00XX`.
@@ -130,6 +155,8 @@ impl Reject {
         match self {
             Reject::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Reject::NoRoute => StatusCode::NOT_FOUND,
+            Reject::VersionConflict { .. } => StatusCode::BAD_REQUEST,
+            Reject::UnsupportedVersion { .. } => StatusCode::NOT_FOUND,
             Reject::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::BadGateway { .. } => StatusCode::BAD_GATEWAY,
@@ -146,7 +173,7 @@ impl Reject {
     /// Index of [`Reject::code`] in [`CODES`].
     pub fn code_index(&self) -> usize {
         match self {
-            Reject::BadRequest { .. } => 0,
+            Reject::BadRequest { .. } | Reject::VersionConflict { .. } => 0,
             Reject::NoRoute => 1,
             Reject::PayloadTooLarge { .. } => 2,
             Reject::HeadersTooLarge { .. } => 3,
@@ -158,6 +185,7 @@ impl Reject {
             Reject::UpstreamUnavailable { .. } => 9,
             Reject::RateLimited { .. } => 10,
             Reject::Overloaded { .. } => 11,
+            Reject::UnsupportedVersion { .. } => 12,
         }
     }
 
@@ -195,6 +223,13 @@ impl Reject {
             out.push_str(",\"policy\":\"");
             let _ = JsonEscaped(&mut out).write_str(policy);
             out.push('"');
+        }
+        if let Reject::UnsupportedVersion { supported, .. } = self {
+            out.push_str(",\"supported_versions\":[");
+            for (i, v) in supported.iter().enumerate() {
+                let _ = write!(out, "{}\"{v}\"", if i > 0 { "," } else { "" });
+            }
+            out.push(']');
         }
         out.push('}');
         out
@@ -314,6 +349,10 @@ mod tests {
                 reason: "max_in_flight",
                 upstream: None,
             },
+            Reject::UnsupportedVersion {
+                version: Some(3),
+                supported: vec![1, 2],
+            },
         ]
     }
 
@@ -338,6 +377,7 @@ mod tests {
                 (503, "upstream_unavailable"),
                 (429, "rate_limited"),
                 (503, "overloaded"),
+                (404, "unsupported_version"),
             ]
         );
     }
@@ -356,6 +396,30 @@ mod tests {
             assert_eq!(doc["retry_after"].as_u64(), r.retry_after());
             assert_eq!(doc["upstream"].as_str(), r.upstream());
         }
+    }
+
+    #[test]
+    fn version_problems() {
+        let r = Reject::UnsupportedVersion {
+            version: Some(3),
+            supported: vec![1, 2],
+        };
+        let doc: serde_json::Value =
+            serde_json::from_str(&r.problem_json(r.status(), "r")).unwrap();
+        assert_eq!(doc["supported_versions"], serde_json::json!(["1", "2"]));
+        assert_eq!(
+            doc["detail"],
+            "version 3 is not served at this path; it serves versions 1, 2"
+        );
+        let r = Reject::VersionConflict {
+            first: ("path", 1),
+            second: ("header", 2),
+        };
+        assert_eq!(r.code(), "bad_request");
+        assert_eq!(
+            r.to_string(),
+            "the request names two versions: 1 by its path and 2 by its header"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod routing;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

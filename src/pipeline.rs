@@ -3,14 +3,14 @@
 //! | # | step | module | can answer |
 //! |---|------|--------|------------|
 //! | 1 | admit: in-flight cap and adaptive limit (before any other work), request id, head size, mTLS subject | `limits::shed`, `proxy`, `limits` | 503 `overloaded`, 431 `headers_too_large` |
-//! | 2 | route: host, path, method, headers | `routing` | 404 `no_route` |
+//! | 2 | route: API version (path segment, header, `Accept`); host, path, method, headers, version; deprecation headers | `routing::version`, `routing` | 400 `bad_request` (versions disagree), 404 `no_route`, 404 `unsupported_version` |
 //! | 2b | authenticate: bearer token, scopes, forwarded claims; declared body size | `auth`, `limits` | 401 `unauthorized`, 403 `forbidden`, 503 `auth_unavailable`, 400 `bad_request`, 413 `payload_too_large` |
 //! | 2c | rate limit: the route's policy, first key present | `limits::rate`, `client_key` | 429 `rate_limited` |
 //! | 2d | priority: room kept for more important routes | `limits::shed` | 503 `overloaded` |
-//! | 3 | choose upstream: tester override, sticky or weighted split; its bulkhead (`max_in_flight`); the client key for `hash:` balancing | `routing::split`, `limits::shed`, `client_key` | 400 `bad_request`, 503 `overloaded` |
-//! | 4 | rewrite: `strip_prefix`, header hygiene, `traceparent`, `X-Forwarded-*` | `proxy` | |
-//! | 5 | forward: circuit breaker; then try by try: healthy endpoint, pooled connection, timeouts, outcome to outlier detection, retry within budget and deadline; the final outcome to the breaker | `upstream::{breaker, attempts, balance, health, retry}` | 503 `upstream_unavailable`, 413 (body cut while streaming), 502 `bad_gateway`, 504 `upstream_timeout` |
-//! | 6 | respond: hop-by-hop removal, `x-request-id`, `x-portcullis-upstream`, `RateLimit` headers, drain `Connection: close`, metrics and access log when the body ends | `proxy`, `telemetry` | |
+//! | 3 | choose upstream: tester override, sticky or weighted split without the targets the canary guard drained; its bulkhead (`max_in_flight`); the client key for `hash:` balancing | `routing::split`, `limits::shed`, `client_key` | 400 `bad_request`, 503 `overloaded` |
+//! | 4 | rewrite: version segment, `strip_prefix`, header hygiene, `traceparent`, `X-Forwarded-*` | `proxy` | |
+//! | 5 | forward: circuit breaker; then try by try: healthy endpoint, pooled connection, timeouts, outcome to outlier detection, retry within budget and deadline; the final outcome to the breaker and the canary guard | `upstream::{breaker, attempts, balance, health, retry}` | 503 `upstream_unavailable`, 413 (body cut while streaming), 502 `bad_gateway`, 504 `upstream_timeout` |
+//! | 6 | respond: hop-by-hop removal, `x-request-id`, `x-portcullis-upstream`, `Deprecation`/`Sunset`/`Link`, `RateLimit` headers, drain `Connection: close`, metrics and access log when the body ends | `proxy`, `telemetry` | |
 //!
 //! [`handle`] never fails: it runs [`run`] and turns a [`Reject`] into the
 //! contract's problem document through `error.rs`, the only place that does.
@@ -30,6 +30,7 @@ use crate::config::LimitMode;
 use crate::error::Reject;
 use crate::limits::rate::{RATELIMIT, RATELIMIT_POLICY};
 use crate::limits::shed::{ShedReason, Shedder, Slot};
+use crate::routing::version::RequestVersion;
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::Exchange;
@@ -74,6 +75,7 @@ pub async fn handle(
         access_log: snap.access_log,
         in_flight: shared.metrics.in_flight.clone(),
         rate_headers: None,
+        deprecation: None,
         upstream_header: None,
         shadow_limited: None,
         shadow_shed: None,
@@ -101,6 +103,11 @@ pub async fn handle(
     }
     if let Some(name) = &exchange.upstream_header {
         headers.insert(X_PORTCULLIS_UPSTREAM.clone(), name.clone());
+    }
+    if let Some(d) = &exchange.deprecation {
+        for (name, value) in &d.headers {
+            headers.insert(name.clone(), value.clone());
+        }
     }
     if let Some((policy, state)) = &exchange.rate_headers {
         headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
@@ -131,7 +138,9 @@ async fn run(
     let Chosen {
         route,
         upstream,
+        target,
         key,
+        version_segment,
     } = match admit_and_route(snap, load, conn, &mut req, exchange) {
         Ok(x) => x,
         Err(reject) => {
@@ -142,7 +151,13 @@ async fn run(
     exchange.upstream = Some(upstream.name.clone());
 
     // 4. rewrite
-    let req = rewrite(req, &route, conn, snap.limits.max_body_bytes)?;
+    let req = rewrite(
+        req,
+        &route,
+        version_segment,
+        conn,
+        snap.limits.max_body_bytes,
+    )?;
 
     // 5. forward
     let timeout = route.timeout.unwrap_or(upstream.request_timeout);
@@ -151,7 +166,15 @@ async fn run(
         .as_ref()
         .filter(|p| p.adaptive)
         .map(|p| (load.shedder, p));
-    let resp = forward(&upstream, key, req, timeout, adaptive, exchange).await?;
+    let resp = forward(&upstream, key, req, timeout, adaptive, exchange).await;
+    if let Some(guard) = &route.guard {
+        let status = match &resp {
+            Ok(r) => r.status(),
+            Err(reject) => reject.status(),
+        };
+        guard.record(target, status.as_u16());
+    }
+    let resp = resp?;
 
     // 6. respond
     let (mut parts, body) = resp.into_parts();
@@ -163,6 +186,10 @@ async fn run(
 struct Chosen {
     route: Arc<Route>,
     upstream: Arc<Upstream>,
+    /// The upstream's place in the route's split (for the canary guard).
+    target: usize,
+    /// Where the path named the API version (`/v2`), to take out.
+    version_segment: Option<std::ops::Range<usize>>,
     /// The client key's hash, for `hash:<key>` balancing.
     key: Option<u64>,
 }
@@ -190,14 +217,25 @@ fn admit_and_route(
         req.headers_mut().remove(h);
     }
 
-    // 2. route
+    // 2. route: the version first, as it takes its segment out of the path
     let host = routing::request_host(req.uri(), req.headers());
-    let route = snap
+    let version = match &snap.versioning {
+        Some(v) => v.resolve(req.uri().path(), req.headers())?,
+        None => RequestVersion::NONE,
+    };
+    let path = version.routing_path(req.uri().path());
+    let route = match snap
         .router
-        .find(host, req.uri().path(), req.method(), req.headers())
-        .ok_or(Reject::NoRoute)?
-        .clone();
+        .find(host, &path, req.method(), req.headers(), version.version)
+    {
+        Some(route) => route.clone(),
+        None => return Err(not_found(snap, host, &path, req, version.version)),
+    };
     exchange.route = route.metrics.clone();
+    if let Some(d) = &route.deprecation {
+        d.requests.increment(1);
+        exchange.deprecation = Some(d.clone());
+    }
 
     // 2b. authenticate
     let token = match &route.auth {
@@ -230,7 +268,7 @@ fn admit_and_route(
     }
 
     // 3. choose upstream
-    let upstream = routing::split::choose(&route, &keys)?;
+    let (target, upstream) = routing::split::choose(&route, &keys)?;
     if snap.upstream_header {
         exchange.upstream_header = Some(upstream.name_header.clone());
     }
@@ -260,8 +298,31 @@ fn admit_and_route(
     Ok(Chosen {
         route,
         upstream,
+        target,
         key,
+        version_segment: version.segment,
     })
+}
+
+/// No route: a 404 that says which versions the path is served at, if any.
+fn not_found(
+    snap: &Snapshot,
+    host: Option<&str>,
+    path: &str,
+    req: &Request<Incoming>,
+    version: Option<u32>,
+) -> Reject {
+    if snap.versioning.is_none() {
+        return Reject::NoRoute;
+    }
+    let supported = snap
+        .router
+        .served_versions(host, path, req.method(), req.headers());
+    if supported.is_empty() {
+        Reject::NoRoute
+    } else {
+        Reject::UnsupportedVersion { version, supported }
+    }
 }
 
 /// Refuses a request (enforce) or marks it for the access log (shadow).
@@ -317,25 +378,31 @@ async fn forward(
 fn rewrite(
     req: Request<Incoming>,
     route: &Arc<Route>,
+    version_segment: Option<std::ops::Range<usize>>,
     conn: &ConnInfo,
     max_body_bytes: u64,
 ) -> Result<Request<RequestBody>, Reject> {
     let (mut parts, body) = req.into_parts();
-    if let Some(prefix) = &route.strip_prefix {
-        if let Some(rest) = routing::strip_prefix(parts.uri.path(), prefix) {
-            let new = match parts.uri.query() {
-                Some(q) => format!("{rest}?{q}"),
-                None => rest.to_string(),
-            };
-            let pq = PathAndQuery::try_from(new).map_err(|_| Reject::BadRequest {
-                reason: "the rewritten path is invalid",
-            })?;
-            let mut uri = std::mem::take(&mut parts.uri).into_parts();
-            uri.path_and_query = Some(pq);
-            parts.uri = http::Uri::from_parts(uri).map_err(|_| Reject::BadRequest {
-                reason: "the rewritten path is invalid",
-            })?;
-        }
+    let path = parts.uri.path();
+    let upstream_path = routing::version::upstream_path(
+        path,
+        version_segment,
+        route.keep_version_segment,
+        route.strip_prefix.as_deref(),
+    );
+    // Rewrites only take bytes out: the same length is the same path.
+    if upstream_path.len() != path.len() {
+        let new = match parts.uri.query() {
+            Some(q) => format!("{upstream_path}?{q}"),
+            None => upstream_path.into_owned(),
+        };
+        let invalid = || Reject::BadRequest {
+            reason: "the rewritten path is invalid",
+        };
+        let pq = PathAndQuery::try_from(new).map_err(|_| invalid())?;
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.path_and_query = Some(pq);
+        parts.uri = http::Uri::from_parts(uri).map_err(|_| invalid())?;
     }
     let host = match parts.headers.get(HOST) {
         Some(h) => Some(h.clone()),

@@ -12,9 +12,10 @@
 //!    with), each kept listener's name/TLS, new listeners start, dropped
 //!    ones drain; state no snapshot names any more is forgotten.
 
+use crate::sync::lock;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -58,10 +59,6 @@ pub struct ReloadState {
     ok: Counter,
     error: Counter,
     generation: Gauge,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ReloadState {

@@ -19,11 +19,13 @@ use crate::config::{
 use crate::limits::rate::RatePolicy;
 use crate::limits::shed::ShedPolicy;
 use crate::limits::SizeLimits;
+use crate::routing::guard::{self, Guard};
 use crate::routing::split::Split;
+use crate::routing::version::{Deprecation, Versioning};
 use crate::routing::{Conditions, PathMatch, Router};
 use crate::server::{ConnRuntime, ConnSettings};
 use crate::state::State;
-use crate::telemetry::RouteMetrics;
+use crate::telemetry::{RouteMetrics, DEPRECATED_REQUESTS_TOTAL};
 use crate::upstream::breaker::BreakerPolicy;
 use crate::upstream::health::OutlierPolicy;
 use crate::upstream::retry::RetryPolicy;
@@ -55,6 +57,12 @@ pub struct Route {
     /// `pinnable` (every upstream of the split, drained ones included).
     pub override_header: Option<HeaderName>,
     pub pinnable: Vec<Arc<Upstream>>,
+    /// Forward the path's version segment (`keep_version_segment`).
+    pub keep_version_segment: bool,
+    /// Headers and a counter for a version on its way out.
+    pub deprecation: Option<Arc<Deprecation>>,
+    /// The canary guardrail.
+    pub guard: Option<Arc<Guard>>,
 }
 
 /// Everything a request needs from the config, compiled.
@@ -84,6 +92,10 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<Cidr>,
     /// Send `x-portcullis-upstream` on proxied responses.
     pub upstream_header: bool,
+    /// Where a request's API version is read from.
+    pub versioning: Option<Versioning>,
+    /// Every route's canary guard, for `/status`.
+    pub guards: Vec<Arc<Guard>>,
 }
 
 impl Snapshot {
@@ -200,6 +212,7 @@ impl Snapshot {
         }
 
         let mut router = Router::new();
+        let mut guards = Vec::new();
         for r in &config.routes {
             let targets: Vec<(u32, Arc<Upstream>)> = match (&r.upstream, &r.split) {
                 (Some(name), _) => upstreams
@@ -243,9 +256,31 @@ impl Snapshot {
                         ))
                     })
                     .collect(),
+                version: m.version.map(|v| v.0),
+            };
+            let name: Arc<str> = Arc::from(r.name.as_str());
+            let guard = match (&r.guard, &r.split) {
+                (Some(g), Some(split)) => {
+                    let entries: Vec<(Arc<str>, u32)> = split
+                        .iter()
+                        .map(|s| (Arc::from(s.upstream.as_str()), s.weight))
+                        .collect();
+                    let guard_state =
+                        state.guard_state(&r.name, guard::fingerprint(r), entries.len());
+                    let g = Arc::new(Guard::new(
+                        name.clone(),
+                        g,
+                        guard_state,
+                        &entries,
+                        &state.metrics,
+                    ));
+                    guards.push(g.clone());
+                    Some(g)
+                }
+                _ => None,
             };
             let route = Route {
-                name: Arc::from(r.name.as_str()),
+                name,
                 split: Split::new(targets),
                 timeout: r.timeout.map(|t| t.0),
                 strip_prefix: r.strip_prefix.clone(),
@@ -276,6 +311,16 @@ impl Snapshot {
                     .flatten()
                     .filter_map(|s| upstreams.get(s.upstream.as_str()).cloned())
                     .collect(),
+                keep_version_segment: r.keep_version_segment,
+                deprecation: r.deprecation.as_ref().map(|d| {
+                    Arc::new(Deprecation::new(
+                        d,
+                        state
+                            .metrics
+                            .counter(DEPRECATED_REQUESTS_TOTAL, &[("route", &r.name)]),
+                    ))
+                }),
+                guard,
             };
             router.add(path, conditions, Arc::new(route));
         }
@@ -303,6 +348,8 @@ impl Snapshot {
             shedding: config.shedding.as_ref().map(ShedPolicy::new),
             trusted_proxies: config.server.trusted_proxies.clone(),
             upstream_header: config.server.upstream_header,
+            versioning: config.versioning.as_ref().and_then(Versioning::new),
+            guards,
         })
     }
 }

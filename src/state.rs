@@ -10,7 +10,7 @@
 //! never do.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use std::sync::atomic::AtomicUsize;
@@ -21,7 +21,9 @@ use tokio::task::AbortHandle;
 use crate::auth::keys::{KeySet, KeySource, KeyStore};
 use crate::limits::rate::Buckets;
 use crate::limits::shed::Shedder;
+use crate::routing::guard::GuardState;
 use crate::snapshot::Snapshot;
+use crate::sync::lock;
 use crate::telemetry::{Metrics, RouteMetrics, UpstreamMetrics, UPSTREAM_ENDPOINT_HEALTHY};
 use crate::tls::UpstreamTls;
 use crate::upstream::breaker::Breaker;
@@ -44,6 +46,7 @@ pub struct State {
     checkers: Mutex<HashMap<EndpointKey, Checker>>,
     routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
     key_stores: Mutex<HashMap<String, Arc<KeyStore>>>,
+    guards: Mutex<HashMap<String, Arc<GuardState>>>,
 }
 
 /// A running health-check task and the channel that retunes it.
@@ -56,12 +59,6 @@ impl Drop for Checker {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain maps that are
-    // still consistent, so poisoning is ignored.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl State {
@@ -78,6 +75,7 @@ impl State {
             checkers: Mutex::default(),
             routes: Mutex::default(),
             key_stores: Mutex::default(),
+            guards: Mutex::default(),
         }
     }
 
@@ -271,6 +269,27 @@ impl State {
         lock(&self.routes)
             .retain(|name, _| name.is_empty() || config.routes.iter().any(|r| r.name == *name));
         lock(&self.key_stores).retain(|name, _| config.jwt.iter().any(|j| j.name == *name));
+        lock(&self.guards).retain(|name, _| {
+            config
+                .routes
+                .iter()
+                .any(|r| r.name == *name && r.guard.is_some())
+        });
+    }
+
+    /// Route `name`'s canary guard state: kept while the route's `split`
+    /// and `guard` stay as they were (`fingerprint`), fresh otherwise, so
+    /// a drained canary comes back only when its config changes.
+    pub fn guard_state(&self, name: &str, fingerprint: u64, targets: usize) -> Arc<GuardState> {
+        let mut guards = lock(&self.guards);
+        match guards.get(name) {
+            Some(g) if g.fingerprint() == fingerprint => g.clone(),
+            _ => {
+                let g = Arc::new(GuardState::new(fingerprint, targets));
+                guards.insert(name.to_string(), g.clone());
+                g
+            }
+        }
     }
 
     /// Metric handles for route `name` ("" for unrouted requests).

@@ -29,6 +29,9 @@ pub const UPSTREAM_RETRIES_TOTAL: &str = "portcullis_upstream_retries_total";
 pub const RATE_LIMITED_TOTAL: &str = "portcullis_rate_limited_total";
 pub const RATE_LIMIT_KEYS: &str = "portcullis_rate_limit_keys";
 pub const SHED_TOTAL: &str = "portcullis_shed_total";
+pub const DEPRECATED_REQUESTS_TOTAL: &str = "portcullis_deprecated_requests_total";
+pub const CANARY_GUARD_TRIPS_TOTAL: &str = "portcullis_canary_guard_trips_total";
+pub const CANARY_GUARD_TRIPPED: &str = "portcullis_canary_guard_tripped";
 pub const CONCURRENCY_LIMIT: &str = "portcullis_concurrency_limit";
 pub const CONNECTIONS_TOTAL: &str = "portcullis_connections_total";
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "portcullis_connections_rejected_total";
@@ -211,6 +214,8 @@ pub struct Exchange {
     pub in_flight: Gauge,
     /// `x-portcullis-upstream` for the response.
     pub upstream_header: Option<HeaderValue>,
+    /// `Deprecation`, `Sunset`, `Link` for the response (deprecated routes).
+    pub deprecation: Option<Arc<crate::routing::version::Deprecation>>,
     /// `RateLimit-Policy` and `RateLimit` for the response (rate-limited routes).
     pub rate_headers: Option<(HeaderValue, HeaderValue)>,
     /// The policy that would have refused this request in shadow mode.

@@ -58,7 +58,7 @@ fn check_accepts_the_repos_gateway_yaml_once_the_demo_made_its_certs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("ok: 2 listener(s), 3 upstream(s), 5 route(s)"),
+        stdout.contains("ok: 2 listener(s), 3 upstream(s), 6 route(s)"),
         "{stdout}"
     );
 }

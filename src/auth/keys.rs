@@ -242,7 +242,7 @@ impl KeyStore {
         if self.source.jwks_url.is_none() || self.fetching.load(Ordering::Relaxed) {
             return false;
         }
-        let last = *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
+        let last = *crate::sync::lock(&self.last_fetch);
         let Some(last) = last else { return true };
         let since = now.saturating_duration_since(last);
         if self.keys.load().is_none() {
@@ -259,8 +259,7 @@ impl KeyStore {
             self.fetching.store(false, Ordering::Relaxed);
             return Ok(0);
         };
-        *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(std::time::Instant::now());
+        *crate::sync::lock(&self.last_fetch) = Some(std::time::Instant::now());
         self.kid_miss.store(false, Ordering::Relaxed);
         let result = client.get(url).await.and_then(|body| {
             KeySet::from_jwks(&body, self.source.secret.as_deref())
@@ -279,7 +278,7 @@ impl KeyStore {
     /// Serves `keys` from now on (a reload read the file again).
     pub fn replace(&self, keys: Arc<KeySet>) {
         if let Some(d) = self.source.digest() {
-            *self.watch.lock().unwrap_or_else(|e| e.into_inner()) = (d, None);
+            *crate::sync::lock(&self.watch) = (d, None);
         }
         self.keys.store(Some(keys));
     }
@@ -290,7 +289,7 @@ impl KeyStore {
     pub fn check_file(&self) -> Option<Result<usize, String>> {
         let digest = self.source.digest()?;
         {
-            let mut w = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+            let mut w = crate::sync::lock(&self.watch);
             if digest == w.0 {
                 w.1 = None;
                 return None;

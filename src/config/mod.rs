@@ -11,6 +11,7 @@ pub mod limits;
 pub mod resilience;
 pub mod validate;
 pub mod values;
+pub mod versions;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,9 @@ pub use resilience::{
     RetryConfig, StatusRange,
 };
 pub use values::{Dur, Size};
+pub use versions::{
+    ApiVersion, DeprecationConfig, GuardConfig, Timestamp, VersionSource, VersioningConfig,
+};
 use yaml::{Pos, Positions};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +46,8 @@ pub struct Config {
     pub shedding: Option<SheddingConfig>,
     #[serde(default)]
     pub rate_limits: Vec<RateLimitConfig>,
+    #[serde(default)]
+    pub versioning: Option<VersioningConfig>,
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
@@ -369,6 +375,14 @@ pub struct RouteConfig {
     pub allow_override: bool,
     #[serde(default = "default_override_header")]
     pub override_header: String,
+    /// Forward the path's `v<N>` segment (default: the upstream sees the
+    /// path route matching saw, without it).
+    #[serde(default)]
+    pub keep_version_segment: bool,
+    #[serde(default)]
+    pub deprecation: Option<DeprecationConfig>,
+    #[serde(default)]
+    pub guard: Option<GuardConfig>,
 }
 
 fn default_override_header() -> String {
@@ -404,6 +418,9 @@ pub struct MatchConfig {
     pub host: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, HeaderValueConfig>,
+    /// Only requests of this API version (see `versioning`).
+    #[serde(default)]
+    pub version: Option<ApiVersion>,
 }
 
 /// A header value to match; YAML numbers and booleans are taken as their text.
@@ -711,16 +728,9 @@ fn deserialize_all(
     None
 }
 
-/// Contract keys owned by issues that have not landed yet get a clearer word
-/// than "unknown key".
 fn unknown_key_message(path: &str) -> String {
-    const PLANNED: &[&str] = &["versioning", "deprecation", "sticky", "guard", "version"];
     let key = path.rsplit(['.', '[']).next().unwrap_or(path);
-    if PLANNED.contains(&key) {
-        format!("`{key}` is part of the Portcullis contract but not supported by this build yet")
-    } else {
-        format!("unknown key `{key}`")
-    }
+    format!("unknown key `{key}`")
 }
 
 fn error_path(path: &serde_path_to_error::Path) -> String {

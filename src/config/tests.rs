@@ -129,15 +129,6 @@ fn yaml_syntax_errors_have_a_position() {
 }
 
 #[test]
-fn planned_keys_say_so() {
-    let errs = errors(&GOOD.replace("    upstream: a\n", "    upstream: a\n    guard: {}\n"));
-    assert!(
-        errs[0].contains("`guard` is part of the Portcullis contract"),
-        "{errs:#?}"
-    );
-}
-
-#[test]
 fn bad_addresses_and_match() {
     let text = "\
 listeners:

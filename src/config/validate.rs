@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::{
-    limits, resilience, Config, JwtProviderConfig, ListenerTlsConfig, MatchConfig, RouteAuthConfig,
-    RouteConfig,
+    limits, resilience, versions, Config, JwtProviderConfig, ListenerTlsConfig, MatchConfig,
+    RouteAuthConfig, RouteConfig,
 };
 
 /// `report(path, at_key, message)`; `at_key` points the position at the key
@@ -189,6 +189,70 @@ pub fn validate(config: &Config, report: &mut Report<'_>) {
     );
     for (i, r) in config.routes.iter().enumerate() {
         validate_route(r, &format!("routes[{i}]"), &upstream_names, report);
+    }
+
+    if let Some(v) = &config.versioning {
+        versions::validate_versioning(v, report);
+    }
+    for (i, r) in config.routes.iter().enumerate() {
+        if r.matcher.version.is_some() && config.versioning.is_none() {
+            report(
+                &format!("routes[{i}].match.version"),
+                true,
+                "`version` needs a top-level `versioning` block saying where versions are read from"
+                    .into(),
+            );
+        }
+    }
+    identical_matches(&config.routes, report);
+}
+
+/// Two routes that match exactly the same requests: the later one can never
+/// be chosen (ties go to the route listed first), which is always a mistake.
+fn identical_matches(routes: &[RouteConfig], report: &mut Report<'_>) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        let m = &r.matcher;
+        let path = match (&m.path, &m.path_prefix) {
+            (Some(p), _) => format!("={p}"),
+            (None, Some(p)) => {
+                let p = p.trim_end_matches('/');
+                format!("^{}", if p.is_empty() { "/" } else { p })
+            }
+            (None, None) => continue,
+        };
+        let mut methods: Vec<String> = m
+            .methods
+            .iter()
+            .flatten()
+            .map(|x| x.to_ascii_uppercase())
+            .collect();
+        methods.sort();
+        methods.dedup();
+        let headers: Vec<String> = m
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{}={}", k.to_ascii_lowercase(), v.0))
+            .collect();
+        let key = format!(
+            "{path}|{}|{:?}|{}|{:?}",
+            m.host.as_deref().unwrap_or("").to_ascii_lowercase(),
+            m.methods.as_ref().map(|_| methods),
+            headers.join("\n"),
+            m.version
+        );
+        if let Some(&first) = seen.get(&key) {
+            report(
+                &format!("routes[{i}].match"),
+                true,
+                format!(
+                    "matches exactly what routes[{first}] (`{}`) matches, which is listed first: this route can never be chosen",
+                    routes[first].name
+                ),
+            );
+        } else {
+            seen.insert(key, i);
+        }
     }
 }
 
@@ -414,6 +478,20 @@ fn validate_route(r: &RouteConfig, path: &str, upstreams: &[&str], report: &mut 
             false,
             format!("`{}` is not a valid header name", r.override_header),
         );
+    }
+    if let Some(d) = &r.deprecation {
+        versions::validate_deprecation(d, &format!("{path}.deprecation"), report);
+    }
+    if let Some(g) = &r.guard {
+        versions::validate_guard(g, &format!("{path}.guard"), report);
+        if r.split.as_ref().is_none_or(|s| s.len() < 2) {
+            report(
+                &format!("{path}.guard"),
+                true,
+                "`guard` watches the canaries of a `split` of two or more upstreams; this route has none"
+                    .into(),
+            );
+        }
     }
     if let Some(p) = &r.strip_prefix {
         if !p.starts_with('/') {

@@ -243,7 +243,7 @@ impl Shedder {
             return;
         }
         let short = sum as f64 / f64::from(count);
-        let mut a = self.adaptive.lock().unwrap_or_else(|e| e.into_inner());
+        let mut a = crate::sync::lock(&self.adaptive);
         let max = policy.max_in_flight as f64;
         if a.limit > max {
             a.limit = max;
@@ -273,7 +273,7 @@ impl Shedder {
 
     /// Forgets the adaptive state (shedding turned off or adaptive changed).
     pub fn reset(&self, policy: Option<&ShedPolicy>) {
-        let mut a = self.adaptive.lock().unwrap_or_else(|e| e.into_inner());
+        let mut a = crate::sync::lock(&self.adaptive);
         let max = policy.map_or(f64::MAX, |p| p.max_in_flight as f64);
         a.limit = max;
         a.long = 0.0;

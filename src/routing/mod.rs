@@ -1,16 +1,19 @@
 //! The route table (pipeline step 2, `route`): which route serves a request,
 //! by host, path, method and headers.
 //!
-//! Rules (CONTRACT.md, Route choice): among routes whose `host`, `methods` and
-//! `headers` match, an exact `path` beats any prefix, the longest
-//! `path_prefix` wins, and ties go to the route listed first.
+//! Rules (CONTRACT.md, Route choice): among routes whose `host`, `methods`,
+//! `headers` and `version` match, an exact `path` beats any prefix, the
+//! longest `path_prefix` wins, and ties go to the route listed first. A
+//! route without `version` serves every version.
 //!
 //! Prefixes match whole path segments: `/api/users` matches `/api/users` and
 //! `/api/users/42`, never `/api/usersX`. So a lookup tries only the request
 //! path's segment boundaries, longest first, each one hash lookup: the cost
 //! grows with the path's depth, not with the number of routes.
 
+pub mod guard;
 pub mod split;
+pub mod version;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,9 +27,12 @@ pub struct Conditions {
     pub host: Option<(String, bool)>,
     pub methods: Option<Vec<Method>>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Only this API version.
+    pub version: Option<u32>,
 }
 
 impl Conditions {
+    /// Everything but the version.
     fn matches(&self, host: Option<&str>, method: &Method, headers: &HeaderMap) -> bool {
         if let Some(methods) = &self.methods {
             if !methods.contains(method) {
@@ -90,45 +96,69 @@ impl<R> Router<R> {
         }
     }
 
-    /// The route for a request, if any. `path` excludes the query string.
+    /// The route for a request, if any. `path` excludes the query string
+    /// (and the version segment).
     pub fn find(
         &self,
         host: Option<&str>,
         path: &str,
         method: &Method,
         headers: &HeaderMap,
+        version: Option<u32>,
     ) -> Option<&Arc<R>> {
-        let path = if path.is_empty() { "/" } else { path };
-        let first_match = |list: &Vec<usize>| {
+        self.candidates(path).find_map(|list| {
             list.iter()
                 .map(|&i| &self.routes[i])
-                .find(|(c, _)| c.matches(host, method, headers))
+                .find(|(c, _)| {
+                    c.version.is_none_or(|v| Some(v) == version) && c.matches(host, method, headers)
+                })
                 .map(|(_, r)| r)
-        };
-        if let Some(r) = self.exact.get(path).and_then(first_match) {
-            return Some(r);
-        }
-        if self.prefix.is_empty() {
-            return None;
-        }
-        // Candidate prefixes, longest first: the path itself (minus a
-        // trailing slash), then each shorter segment boundary, then `/`.
-        let mut candidate = path
-            .strip_suffix('/')
-            .filter(|p| !p.is_empty())
-            .unwrap_or(path);
-        loop {
-            if let Some(r) = self.prefix.get(candidate).and_then(first_match) {
-                return Some(r);
-            }
-            if candidate == "/" {
-                return None;
-            }
-            candidate = match candidate.rfind('/') {
-                Some(0) | None => "/",
-                Some(i) => &candidate[..i],
+        })
+    }
+
+    /// After [`find`](Self::find) found nothing: the versions routes serve
+    /// for this request at other versions, ascending (empty: no route at all).
+    pub fn served_versions(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Vec<u32> {
+        let mut versions: Vec<u32> = self
+            .candidates(path)
+            .flatten()
+            .map(|&i| &self.routes[i].0)
+            .filter(|c| c.matches(host, method, headers))
+            .filter_map(|c| c.version)
+            .collect();
+        versions.sort_unstable();
+        versions.dedup();
+        versions
+    }
+
+    /// The route lists a path can match, best first: the exact path, then
+    /// the prefixes at each segment boundary, longest first, then `/`.
+    fn candidates<'a>(&'a self, path: &'a str) -> impl Iterator<Item = &'a Vec<usize>> + 'a {
+        let path = if path.is_empty() { "/" } else { path };
+        let exact = self.exact.get(path);
+        let mut next = (!self.prefix.is_empty()).then(|| {
+            path.strip_suffix('/')
+                .filter(|p| !p.is_empty())
+                .unwrap_or(path)
+        });
+        let prefixes = std::iter::from_fn(move || loop {
+            let candidate = next?;
+            next = match candidate.rfind('/') {
+                _ if candidate == "/" => None,
+                Some(0) | None => Some("/"),
+                Some(i) => Some(&candidate[..i]),
             };
-        }
+            if let Some(list) = self.prefix.get(candidate) {
+                return Some(list);
+            }
+        });
+        exact.into_iter().chain(prefixes)
     }
 
     pub fn len(&self) -> usize {
@@ -196,6 +226,7 @@ mod tests {
             host: None,
             methods: None,
             headers: vec![],
+            version: None,
         }
     }
 
@@ -249,7 +280,7 @@ mod tests {
         path: &str,
         headers: &HeaderMap,
     ) -> &'static str {
-        r.find(host, path, &Method::GET, headers)
+        r.find(host, path, &Method::GET, headers, None)
             .map_or("none", |x| **x)
     }
 
@@ -281,9 +312,54 @@ mod tests {
             "orders-beta"
         );
         assert_eq!(find(&r, None, "/api/orders", &HeaderMap::new()), "api");
-        let post = r.find(None, "/api/users/1", &Method::POST, &HeaderMap::new());
+        let post = r.find(None, "/api/users/1", &Method::POST, &HeaderMap::new(), None);
         // Tie on the same prefix: the route listed first wins.
         assert_eq!(post.map(|x| **x), Some("users"));
+    }
+
+    #[test]
+    fn versions_filter_routes_and_say_what_is_served() {
+        let mut r = Router::new();
+        let at = |v| Conditions {
+            version: v,
+            ..cond()
+        };
+        r.add(
+            PathMatch::Prefix("/users".into()),
+            at(Some(1)),
+            Arc::new("v1"),
+        );
+        r.add(
+            PathMatch::Prefix("/users".into()),
+            at(Some(2)),
+            Arc::new("v2"),
+        );
+        r.add(
+            PathMatch::Prefix("/users/me".into()),
+            at(Some(3)),
+            Arc::new("me3"),
+        );
+        r.add(PathMatch::Prefix("/any".into()), at(None), Arc::new("any"));
+        let h = HeaderMap::new();
+        let find = |path, v| r.find(None, path, &Method::GET, &h, v).map(|x| **x);
+        assert_eq!(find("/users/1", Some(2)), Some("v2"));
+        assert_eq!(find("/users/me", Some(1)), Some("v1"));
+        assert_eq!(find("/users/me", Some(3)), Some("me3"));
+        assert_eq!(find("/any/x", Some(7)), Some("any"));
+        assert_eq!(find("/any/x", None), Some("any"));
+        assert_eq!(find("/users/1", Some(4)), None);
+        assert_eq!(find("/users/1", None), None);
+        assert_eq!(
+            r.served_versions(None, "/users/me", &Method::GET, &h),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            r.served_versions(None, "/users/1", &Method::GET, &h),
+            [1, 2]
+        );
+        assert!(r
+            .served_versions(None, "/nothing", &Method::GET, &h)
+            .is_empty());
     }
 
     #[test]

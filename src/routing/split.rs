@@ -14,18 +14,21 @@ use crate::error::Reject;
 use crate::snapshot::Route;
 use crate::upstream::{balance, Upstream};
 
-/// Step 3: the upstream for this request. A tester's override header wins
-/// on routes that allow it (naming any upstream of the split, drained ones
-/// included; an unknown name is a 400); then the sticky key's hash; then a
-/// random draw by weight (also for requests without the sticky key).
-pub fn choose(route: &Route, keys: &KeySource<'_>) -> Result<Arc<Upstream>, Reject> {
+/// Step 3: the upstream for this request and its index in the route's
+/// split. A tester's override header wins on routes that allow it (naming
+/// any upstream of the split, drained ones included; an unknown name is a
+/// 400); then the sticky key's hash; then a random draw by weight (also for
+/// requests without the sticky key). Entries the canary guard drained are
+/// left out of both.
+pub fn choose(route: &Route, keys: &KeySource<'_>) -> Result<(usize, Arc<Upstream>), Reject> {
     if let Some(header) = &route.override_header {
         if let Some(wanted) = keys.headers.get(header) {
             return route
                 .pinnable
                 .iter()
-                .find(|u| u.name.as_bytes() == wanted.as_bytes())
-                .cloned()
+                .enumerate()
+                .find(|(_, u)| u.name.as_bytes() == wanted.as_bytes())
+                .map(|(i, u)| (i, u.clone()))
                 .ok_or(Reject::BadRequest {
                     reason: "the override header names no upstream of this route's split",
                 });
@@ -36,19 +39,30 @@ pub fn choose(route: &Route, keys: &KeySource<'_>) -> Result<Arc<Upstream>, Reje
         .as_ref()
         .and_then(|k| k.read(keys))
         .map(|k| balance::hash_bytes(k.as_bytes()));
-    let picked = match sticky {
-        Some(hash) => route.split.pick_sticky(hash),
-        None => route.split.pick(),
-    };
-    picked.cloned().ok_or(Reject::NoRoute)
+    let drained = route.guard.as_ref().map_or(0, |g| g.tripped());
+    route
+        .split
+        .pick(sticky, drained)
+        .map(|(i, u)| (i, u.clone()))
+        .ok_or(Reject::NoRoute)
 }
 
 /// A route's targets with their cumulative weights.
 #[derive(Debug)]
 pub struct Split<T> {
-    /// (cumulative weight upper bound, target), ascending.
-    targets: Vec<(u64, T)>,
+    /// Ascending by `upper`; zero weights left out.
+    targets: Vec<Target<T>>,
     total: u64,
+}
+
+#[derive(Debug)]
+struct Target<T> {
+    /// Cumulative weight up to and including this target.
+    upper: u64,
+    weight: u64,
+    /// Position in the config's split (zero weights counted).
+    index: usize,
+    value: T,
 }
 
 impl<T> Split<T> {
@@ -57,35 +71,71 @@ impl<T> Split<T> {
     pub fn new(weighted: impl IntoIterator<Item = (u32, T)>) -> Self {
         let mut total = 0u64;
         let mut targets = Vec::new();
-        for (w, t) in weighted {
+        for (index, (w, value)) in weighted.into_iter().enumerate() {
             if w > 0 {
                 total += u64::from(w);
-                targets.push((total, t));
+                targets.push(Target {
+                    upper: total,
+                    weight: u64::from(w),
+                    index,
+                    value,
+                });
             }
         }
         Split { targets, total }
     }
 
     /// Picks a target for a draw in `0..total`.
-    pub fn pick_at(&self, draw: u64) -> Option<&T> {
-        let i = self.targets.partition_point(|(upper, _)| *upper <= draw);
-        self.targets.get(i).map(|(_, t)| t)
+    pub fn pick_at(&self, draw: u64) -> Option<(usize, &T)> {
+        let i = self.targets.partition_point(|t| t.upper <= draw);
+        self.targets.get(i).map(|t| (t.index, &t.value))
     }
 
-    /// Picks the target for a client key's hash (see the module docs).
-    pub fn pick_sticky(&self, hash: u64) -> Option<&T> {
-        let draw = (u128::from(hash) * u128::from(self.total)) >> 64;
-        self.pick_at(u64::try_from(draw).unwrap_or(u64::MAX))
-    }
-
-    /// Picks a target at random by weight.
-    pub fn pick(&self) -> Option<&T> {
-        match self.targets.len() {
-            0 => None,
-            1 => Some(&self.targets[0].1),
-            _ => self.pick_at(fastrand::u64(0..self.total)),
+    /// Picks by a client key's hash (see the module docs) or, without one,
+    /// at random by weight; never an entry whose bit is set in `drained`.
+    pub fn pick(&self, hash: Option<u64>, drained: u64) -> Option<(usize, &T)> {
+        if drained != 0 {
+            return self.pick_undrained(hash, drained);
+        }
+        match (hash, self.targets.len()) {
+            (_, 0) => None,
+            (None, 1) => Some((self.targets[0].index, &self.targets[0].value)),
+            (Some(hash), _) => self.pick_at(scale(hash, self.total)),
+            (None, _) => self.pick_at(fastrand::u64(0..self.total)),
         }
     }
+
+    /// The same draw over the weights left when `drained` entries are out.
+    fn pick_undrained(&self, hash: Option<u64>, drained: u64) -> Option<(usize, &T)> {
+        let live = |t: &&Target<T>| {
+            u32::try_from(t.index)
+                .ok()
+                .and_then(|i| 1u64.checked_shl(i))
+                .is_none_or(|bit| drained & bit == 0)
+        };
+        let total: u64 = self.targets.iter().filter(live).map(|t| t.weight).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut draw = match hash {
+            Some(hash) => scale(hash, total),
+            None => fastrand::u64(0..total),
+        };
+        for t in self.targets.iter().filter(live) {
+            if draw < t.weight {
+                return Some((t.index, &t.value));
+            }
+            draw -= t.weight;
+        }
+        None
+    }
+}
+
+/// A 64-bit hash scaled onto `0..total`, keeping order: a key's place
+/// among the weights moves only as the boundaries do.
+fn scale(hash: u64, total: u64) -> u64 {
+    let draw = (u128::from(hash) * u128::from(total)) >> 64;
+    u64::try_from(draw).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -95,10 +145,10 @@ mod tests {
     #[test]
     fn draws_map_onto_weight_ranges() {
         let s = Split::new([(90, "a"), (0, "drained"), (10, "b")]);
-        assert_eq!(s.pick_at(0), Some(&"a"));
-        assert_eq!(s.pick_at(89), Some(&"a"));
-        assert_eq!(s.pick_at(90), Some(&"b"));
-        assert_eq!(s.pick_at(99), Some(&"b"));
+        assert_eq!(s.pick_at(0), Some((0, &"a")));
+        assert_eq!(s.pick_at(89), Some((0, &"a")));
+        assert_eq!(s.pick_at(90), Some((2, &"b")));
+        assert_eq!(s.pick_at(99), Some((2, &"b")));
         assert_eq!(s.pick_at(100), None);
     }
 
@@ -112,12 +162,12 @@ mod tests {
         let (mut on_canary, mut moved) = (0, 0);
         for &k in &keys {
             let (b, a) = (
-                before.pick_sticky(k).unwrap(),
-                after.pick_sticky(k).unwrap(),
+                before.pick(Some(k), 0).unwrap().1,
+                after.pick(Some(k), 0).unwrap().1,
             );
             assert_eq!(
-                before.pick_sticky(k),
-                Some(b),
+                before.pick(Some(k), 0).unwrap().1,
+                b,
                 "the same key, the same side"
             );
             assert!(
@@ -138,9 +188,33 @@ mod tests {
         let s = Split::new([(90, 0usize), (10, 1usize)]);
         let mut counts = [0u32; 2];
         for _ in 0..100_000 {
-            counts[*s.pick().unwrap()] += 1;
+            counts[*s.pick(None, 0).unwrap().1] += 1;
         }
         // 10% ± 1% (the standard deviation is about 0.1%).
         assert!((9_000..11_000).contains(&counts[1]), "{counts:?}");
+    }
+}
+
+#[cfg(test)]
+mod drained_tests {
+    use super::*;
+
+    #[test]
+    fn drained_entries_get_nothing_and_sticky_keys_elsewhere_stay() {
+        let s = Split::new([(80, "stable"), (10, "canary"), (10, "beta")]);
+        let drained = 0b10; // the canary
+        for k in 0..10_000u64 {
+            let hash = crate::upstream::balance::hash_bytes(&k.to_le_bytes());
+            let (_, before) = s.pick(Some(hash), 0).unwrap();
+            let (i, after) = s.pick(Some(hash), drained).unwrap();
+            assert_ne!(i, 1);
+            assert_ne!(*after, "canary");
+            if *before != "canary" {
+                // Only the drained entry's keys move.
+                assert_eq!(after, before);
+            }
+            assert_ne!(s.pick(None, drained).unwrap().0, 1);
+        }
+        assert_eq!(s.pick(None, 0b111), None);
     }
 }

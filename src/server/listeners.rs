@@ -3,8 +3,9 @@
 //! TLS for new connections), binds the new ones before changing anything,
 //! and drains the ones it dropped.
 
+use crate::sync::lock;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -37,10 +38,6 @@ pub struct Listeners {
     /// Handed to every connection; dropped when the process drains, so the
     /// drain knows when the last connection is gone.
     tracker: Mutex<Option<mpsc::Sender<()>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Listeners {

@@ -10,8 +10,9 @@
 //! A broken new set keeps the old one serving and is reported in the log,
 //! `/status` and `portcullis_tls_certificate_reloads_total{result="error"}`.
 
+use crate::sync::lock;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -177,10 +178,6 @@ pub struct ListenerTls {
     sessions: Arc<dyn StoresServerSessions>,
     metrics: TlsMetrics,
     watch: Mutex<Watch>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ListenerTls {

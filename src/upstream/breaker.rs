@@ -248,7 +248,7 @@ impl Breaker {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.transition.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.transition)
     }
 
     fn open(&self, epoch: u64, policy: &BreakerPolicy, why: &'static str) {

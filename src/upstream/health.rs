@@ -84,10 +84,7 @@ impl Health {
     }
 
     pub fn last_check(&self) -> Option<CheckResult> {
-        self.last_check
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::sync::lock(&self.last_check).clone()
     }
 
     fn update_gauge(&self) {
@@ -97,7 +94,7 @@ impl Health {
     /// Checks are turned off for this endpoint: it counts as up.
     pub fn reset_active(&self) {
         self.up.store(true, Ordering::Relaxed);
-        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *crate::sync::lock(&self.last_check) = None;
         self.update_gauge();
     }
 }
@@ -220,7 +217,7 @@ pub async fn run_checks(
             Err(e) => (*e).to_string(),
         };
         let health = &endpoint.health;
-        *health.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(CheckResult {
+        *crate::sync::lock(&health.last_check) = Some(CheckResult {
             ok,
             result: text.clone(),
             at_unix: SystemTime::now()

@@ -578,3 +578,61 @@ pub async fn spawn_tls_upstream(name: &'static str, pair: &PemPair) -> Upstream 
     Upstream { addr, name, seen }
 }
 pub mod jwt;
+
+/// Runs `portcullis check` on `text` (written to a fresh file): the exit
+/// code and stderr, with the file's path shown as `FILE`.
+pub fn check_text(text: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(path.to_str().unwrap(), "FILE");
+    (out.status.code(), stderr)
+}
+
+/// Asserts that `portcullis check` rejects `text` (exit 1, no panic) and
+/// reports each of `expected` (`LINE:COL: message start`) for the file.
+pub fn assert_check_reports(text: &str, expected: &[&str]) {
+    let (code, stderr) = check_text(text);
+    assert_eq!(code, Some(1), "check should fail on:\n{text}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for e in expected {
+        assert!(
+            stderr.contains(&format!("FILE:{e}")),
+            "missing `FILE:{e}` in:\n{stderr}"
+        );
+    }
+}
+
+/// A real HTTP server on 127.0.0.1:0 answering `<name> <path>`, except that
+/// while `fail_every` is N > 0, every Nth request gets a 500.
+pub async fn spawn_flaky_upstream(name: &'static str, fail_every: Arc<AtomicUsize>) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (s, fail_every) = (s.clone(), fail_every.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let n = s.hits.fetch_add(1, Ordering::SeqCst) + 1;
+                    let every = fail_every.load(Ordering::SeqCst);
+                    let mut r = Response::new(full(format!("{name} {}", req.uri().path())));
+                    if every > 0 && n % every == 0 {
+                        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    async move { Ok::<_, Infallible>(r) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, name, seen }
+}
