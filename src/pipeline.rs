@@ -2,7 +2,7 @@
 //!
 //! | # | step | module | can answer |
 //! |---|------|--------|------------|
-//! | 1 | admit: in-flight cap and adaptive limit (before any other work), request id, head size, mTLS subject | `limits::shed`, `proxy`, `limits` | 503 `overloaded`, 431 `headers_too_large` |
+//! | 1 | admit: hop-by-hop headers out, in-flight cap and adaptive limit, request id, head size, mTLS subject | `limits::shed`, `proxy`, `limits` | 503 `overloaded`, 431 `headers_too_large` |
 //! | 2 | route: API version (path segment, header, `Accept`); host, path, method, headers, version; deprecation headers | `routing::version`, `routing` | 400 `bad_request` (versions disagree), 404 `no_route`, 404 `unsupported_version` |
 //! | 2b | authenticate: bearer token, scopes, forwarded claims; declared body size | `auth`, `limits` | 401 `unauthorized`, 403 `forbidden`, 503 `auth_unavailable`, 400 `bad_request`, 413 `payload_too_large` |
 //! | 2c | rate limit: the route's policy, first key present | `limits::rate`, `client_key` | 429 `rate_limited` |
@@ -50,6 +50,9 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let snap = shared.snapshot.load_full();
     shared.metrics.in_flight.increment(1.0);
+    // The client's hop-by-hop headers go before the gateway sets any of its
+    // own, so naming one of ours in `Connection` cannot remove it.
+    proxy::remove_hop_by_hop(req.headers_mut());
     let request_id = proxy::request_id(req.headers());
     // The upstream sees the same id the client and the access log see.
     req.headers_mut()

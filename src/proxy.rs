@@ -36,6 +36,10 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.
+///
+/// Run it on a request before the gateway sets any header of its own: a
+/// client naming `x-request-id` or `x-client-cert-subject` in `Connection`
+/// must not remove what the gateway puts there.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names (standard names
     // compare as enums) is cheaper than hashing each absent name.
@@ -43,12 +47,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if headers.contains_key(CONNECTION) {
+        // Bytes, not text: one odd byte in the value must not hide the
+        // valid names beside it.
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -104,7 +109,8 @@ pub fn set_client_cert_subject(headers: &mut HeaderMap, subject: Option<&HeaderV
     }
 }
 
-/// Prepares a client request's headers for the upstream.
+/// Adds the forwarding headers to a client request for the upstream (its
+/// hop-by-hop headers are gone already: [`remove_hop_by_hop`] runs first).
 ///
 /// `host` is the host the client asked for (`Host` or HTTP/2 `:authority`);
 /// it is kept as the upstream's `Host` and reported in `X-Forwarded-Host`.
@@ -114,7 +120,6 @@ pub fn to_upstream(
     host: Option<&HeaderValue>,
     proto: &'static str,
 ) {
-    remove_hop_by_hop(headers);
     append_forwarded_for(headers, peer);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(host) = host {
@@ -125,20 +130,29 @@ pub fn to_upstream(
     }
 }
 
+/// Appends the peer to `X-Forwarded-For`, folding every line the client
+/// sent into one, in order: the upstream must see the same hops
+/// [`client_ip`] read.
 fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     let mut buf = [0u8; 64];
     let ip = format_ip(peer, &mut buf);
-    let combined = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(prev) if !prev.is_empty() => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
-            v.extend_from_slice(prev);
+    let mut lines = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .filter(|v| !v.is_empty())
+        .peekable();
+    let combined = if lines.peek().is_none() {
+        HeaderValue::from_bytes(ip)
+    } else {
+        let mut v = Vec::with_capacity(64);
+        for line in lines {
+            v.extend_from_slice(line);
             v.extend_from_slice(b", ");
-            v.extend_from_slice(ip);
-            HeaderValue::from_bytes(&v)
         }
-        _ => HeaderValue::from_bytes(ip),
+        v.extend_from_slice(ip);
+        HeaderValue::from_bytes(&v)
     };
-    // Several X-Forwarded-For lines are folded into one.
     headers.remove(&X_FORWARDED_FOR);
     if let Ok(v) = combined {
         headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -232,15 +246,29 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+        // A byte outside ASCII in the value hides none of the names beside
+        // it (found by fuzz/header_hygiene).
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_bytes(b"\xff-, x-b").unwrap());
+        h.insert("x-b", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]
     fn forwarded_for_is_appended() {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static(""));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
+        );
         let host = HeaderValue::from_static("a.com");
         to_upstream(&mut h, "10.0.0.1".parse().unwrap(), Some(&host), "http");
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
+        // Every line, in order (fuzz/header_hygiene found later lines lost).
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.com");
         assert_eq!(h["host"], "a.com");

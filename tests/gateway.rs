@@ -314,6 +314,35 @@ async fn header_hygiene_both_ways() {
     );
     assert!(!a.headers.contains_key("keep-alive"), "{:?}", a.headers);
     assert_eq!(a.headers["x-upstream-public"], "1");
+
+    // A client naming the gateway's own headers in `Connection` removes its
+    // own copies, never the gateway's (fuzz/header_hygiene regression), and
+    // every X-Forwarded-For line reaches the upstream, in order.
+    let req = Request::get(format!("http://{addr}/"))
+        .header(
+            "connection",
+            "x-request-id, traceparent, x-forwarded-for, x-client-cert-subject",
+        )
+        .header("x-request-id", "client-id")
+        .header("x-client-cert-subject", "CN=forged")
+        .header("x-forwarded-for", "203.0.113.7")
+        .body(empty())
+        .unwrap();
+    let a = send(&http1_client(), req).await;
+    let seen = up.seen.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(seen["x-request-id"], a.headers["x-request-id"]);
+    assert_ne!(seen["x-request-id"], "client-id", "hop-by-hop: dropped");
+    assert!(seen.contains_key("traceparent"));
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert!(!seen.contains_key("x-client-cert-subject"));
+    let req = Request::get(format!("http://{addr}/"))
+        .header("x-forwarded-for", "1.1.1.1")
+        .header("x-forwarded-for", "2.2.2.2")
+        .body(empty())
+        .unwrap();
+    send(&http1_client(), req).await;
+    let seen = up.seen.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(seen["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,6 +180,12 @@ async fn bad_tokens_get_a_401_that_says_what_was_wrong() {
             "iat in the future",
         ),
         (
+            // A fractional date is a date (fuzz/jwt_parse regression).
+            es(&c(&|c| c["iat"] = json!(now() as f64 + 600.5))),
+            "token issued in the future",
+            "fractional iat in the future",
+        ),
+        (
             es(&c(&|c| c["iss"] = json!("someone-else"))),
             "wrong issuer",
             "iss",
@@ -401,6 +407,14 @@ async fn verified_tokens_are_cached_until_they_expire() {
         )
     };
     assert_eq!((v("ok"), v("cached")), (1.0, 2.0), "{m}");
+    // The largest `exp` a token can carry is cached like any other (its sum
+    // with the leeway once overflowed: fuzz/jwt_parse regression).
+    let mut far = claims("dave", "users:read");
+    far["exp"] = json!(u64::MAX);
+    let far = k.rsa.sign("RS256", &far);
+    for _ in 0..3 {
+        assert_eq!(with_token(&gw, "/read/x", &far).await.status, 200);
+    }
     // Past `exp`, the cached entry does not make it valid again.
     tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_invalid(

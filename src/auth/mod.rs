@@ -292,7 +292,7 @@ impl JwtProvider {
         let now = now_unix();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(hit) = self.cache.get(&digest) {
-            if hit.key_generation == keys.generation && hit.exp + self.leeway > now {
+            if hit.key_generation == keys.generation && hit.exp.saturating_add(self.leeway) > now {
                 self.metrics.cached.increment(1);
                 return Ok(hit.clone());
             }
@@ -343,14 +343,16 @@ impl JwtProvider {
             }
         }
         let claims = claims.ok_or(last)?;
+        // Dates may be fractional (jsonwebtoken accepts them): read them as
+        // numbers, not only as integers, or a future `iat` slips through.
         if claims
             .get("iat")
-            .and_then(Value::as_u64)
-            .is_some_and(|iat| iat > now + self.leeway)
+            .and_then(unix_seconds)
+            .is_some_and(|iat| iat > now.saturating_add(self.leeway))
         {
             return Err(bad("token issued in the future"));
         }
-        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        let exp = claims.get("exp").and_then(unix_seconds).unwrap_or(0);
         let verified = Arc::new(Verified {
             exp,
             key_generation: keys.generation,
@@ -376,7 +378,8 @@ impl JwtProvider {
 
     fn remember(&self, digest: [u8; 32], verified: Arc<Verified>, now: u64) {
         if self.cache.len() >= CACHE_CAPACITY {
-            self.cache.retain(|_, v| v.exp + self.leeway > now);
+            self.cache
+                .retain(|_, v| v.exp.saturating_add(self.leeway) > now);
             if self.cache.len() >= CACHE_CAPACITY {
                 self.cache.clear();
             }
@@ -435,6 +438,16 @@ fn describe(kind: &ErrorKind) -> &'static str {
         ErrorKind::InvalidClaimFormat(_) => "malformed claims",
         _ => "malformed token",
     }
+}
+
+/// A JWT date (`iat`, `exp`): whole seconds, rounded down; `None` for
+/// anything but a non-negative number.
+fn unix_seconds(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        let f = v.as_f64()?;
+        // `as` saturates: a huge date becomes u64::MAX, never a panic.
+        (f >= 0.0).then(|| f.floor() as u64)
+    })
 }
 
 fn now_unix() -> u64 {

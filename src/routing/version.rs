@@ -151,6 +151,11 @@ impl Versioning {
 /// (including the `/` before it).
 fn path_segment(path: &str) -> Option<(u32, Range<usize>)> {
     let bytes = path.as_bytes();
+    // Only an origin-form path has segments (not `*`; fuzz/route_match
+    // found `0v1/a` read as if it began with `/`).
+    if bytes.first() != Some(&b'/') {
+        return None;
+    }
     let mut start = 0;
     while start < bytes.len() {
         // `start` is at a `/`; the segment runs to the next one.
@@ -293,6 +298,9 @@ mod tests {
         for none in [
             "/",
             "",
+            "*",
+            "0v1/a",
+            "v1/a",
             "/api/users",
             "/api/v/x",
             "/api/v2x/y",
