@@ -51,6 +51,20 @@ pub async fn spawn_upstream(name: &'static str) -> Upstream {
 
 /// Like [`spawn_upstream`], with every answer delayed by `delay`.
 pub async fn spawn_upstream_with_delay(name: &'static str, delay: Duration) -> Upstream {
+    spawn_upstream_with(name, delay, Arc::default()).await
+}
+
+/// Like [`spawn_upstream`], except that while `fail_every` is N > 0, every
+/// Nth request gets a 500.
+pub async fn spawn_flaky_upstream(name: &'static str, fail_every: Arc<AtomicUsize>) -> Upstream {
+    spawn_upstream_with(name, Duration::ZERO, fail_every).await
+}
+
+async fn spawn_upstream_with(
+    name: &'static str,
+    delay: Duration,
+    fail_every: Arc<AtomicUsize>,
+) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
@@ -59,11 +73,18 @@ pub async fn spawn_upstream_with_delay(name: &'static str, delay: Duration) -> U
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             s.connections.fetch_add(1, Ordering::SeqCst);
-            let s = s.clone();
+            let (s, fail_every) = (s.clone(), fail_every.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let s = s.clone();
-                    async move { Ok::<_, Infallible>(answer(name, delay, &s, req).await) }
+                    let (s, fail_every) = (s.clone(), fail_every.clone());
+                    async move {
+                        let every = fail_every.load(Ordering::SeqCst);
+                        let mut r = answer(name, delay, &s, req).await;
+                        if every > 0 && s.hits.load(Ordering::SeqCst) % every == 0 {
+                            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        Ok::<_, Infallible>(r)
+                    }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -605,34 +626,4 @@ pub fn assert_check_reports(text: &str, expected: &[&str]) {
             "missing `FILE:{e}` in:\n{stderr}"
         );
     }
-}
-
-/// A real HTTP server on 127.0.0.1:0 answering `<name> <path>`, except that
-/// while `fail_every` is N > 0, every Nth request gets a 500.
-pub async fn spawn_flaky_upstream(name: &'static str, fail_every: Arc<AtomicUsize>) -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Seen::default());
-    let s = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (s, fail_every) = (s.clone(), fail_every.clone());
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let n = s.hits.fetch_add(1, Ordering::SeqCst) + 1;
-                    let every = fail_every.load(Ordering::SeqCst);
-                    let mut r = Response::new(full(format!("{name} {}", req.uri().path())));
-                    if every > 0 && n % every == 0 {
-                        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                    }
-                    async move { Ok::<_, Infallible>(r) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Upstream { addr, name, seen }
 }
