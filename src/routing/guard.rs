@@ -22,6 +22,7 @@ use metrics::{Counter, Gauge};
 
 use crate::clock::{self, Clock};
 use crate::config::GuardConfig;
+use crate::routing::split::bit;
 use crate::telemetry::{Metrics, CANARY_GUARD_TRIPPED, CANARY_GUARD_TRIPS_TOTAL};
 use crate::upstream::window::Window;
 
@@ -232,13 +233,6 @@ impl Guard {
             "trips": trips,
         })
     }
-}
-
-fn bit(index: usize) -> u64 {
-    u32::try_from(index)
-        .ok()
-        .and_then(|i| 1u64.checked_shl(i))
-        .unwrap_or(0)
 }
 
 /// Two-proportion z-test: is `bad / n` above `bad0 / n0` by more than

@@ -107,12 +107,7 @@ impl<T> Split<T> {
 
     /// The same draw over the weights left when `drained` entries are out.
     fn pick_undrained(&self, hash: Option<u64>, drained: u64) -> Option<(usize, &T)> {
-        let live = |t: &&Target<T>| {
-            u32::try_from(t.index)
-                .ok()
-                .and_then(|i| 1u64.checked_shl(i))
-                .is_none_or(|bit| drained & bit == 0)
-        };
+        let live = |t: &&Target<T>| drained & bit(t.index) == 0;
         let total: u64 = self.targets.iter().filter(live).map(|t| t.weight).sum();
         if total == 0 {
             return None;
@@ -129,6 +124,15 @@ impl<T> Split<T> {
         }
         None
     }
+}
+
+/// Split entry `index`'s bit in a `drained` mask; entries past the 64th
+/// have none (0), so they are never drained.
+pub fn bit(index: usize) -> u64 {
+    u32::try_from(index)
+        .ok()
+        .and_then(|i| 1u64.checked_shl(i))
+        .unwrap_or(0)
 }
 
 /// A 64-bit hash scaled onto `0..total`, keeping order: a key's place
