@@ -146,7 +146,10 @@ impl Guard {
         let failed = status >= 500;
         let now = self.state.clock.now_ms();
         window.add(now, self.window_ms, 1, u32::from(failed));
-        if failed && index > 0 && self.tripped() & bit(index) == 0 {
+        // An entry without a bit (past the 64th) cannot be drained: without
+        // this, each of its 5xx would count, log and record a new "trip".
+        let bit = bit(index);
+        if failed && index > 0 && bit != 0 && self.tripped() & bit == 0 {
             self.evaluate(index, now);
         }
     }
@@ -321,6 +324,16 @@ mod tests {
         let g = guard(&[0, 10]);
         feed(&g, 1, 200, 2);
         assert_eq!(g.tripped(), 0);
+    }
+
+    #[test]
+    fn entries_past_the_64th_are_never_drained_nor_counted_as_trips() {
+        let mut weights = vec![1u32; 66];
+        weights[0] = 100;
+        let g = guard(&weights);
+        feed(&g, 65, 300, 1); // all 5xx
+        assert_eq!(g.tripped(), 0);
+        assert!(g.status()["trips"].as_array().unwrap().is_empty());
     }
 
     #[test]
