@@ -30,7 +30,7 @@ use crate::config::LimitMode;
 use crate::error::Reject;
 use crate::limits::rate::{RATELIMIT, RATELIMIT_POLICY};
 use crate::limits::shed::{ShedReason, Shedder, Slot};
-use crate::routing::version::RequestVersion;
+use crate::routing::version::{RequestVersion, VersionSegment};
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::Exchange;
@@ -192,7 +192,7 @@ struct Chosen {
     /// The upstream's place in the route's split (for the canary guard).
     target: usize,
     /// Where the path named the API version (`/v2`), to take out.
-    version_segment: Option<std::ops::Range<usize>>,
+    version_segment: Option<VersionSegment>,
     /// The client key's hash, for `hash:<key>` balancing.
     key: Option<u64>,
 }
@@ -234,6 +234,12 @@ fn admit_and_route(
         Some(route) => route.clone(),
         None => return Err(not_found(snap, host, &path, req, version.version)),
     };
+    // With a segment the routed path is already an owned copy: keep it
+    // for the rewrite rather than build it again.
+    let version_segment = version.segment.map(|range| VersionSegment {
+        range,
+        routed: path.into_owned(),
+    });
     exchange.route = route.metrics.clone();
     if let Some(d) = &route.deprecation {
         d.requests.increment(1);
@@ -303,7 +309,7 @@ fn admit_and_route(
         upstream,
         target,
         key,
-        version_segment: version.segment,
+        version_segment,
     })
 }
 
@@ -381,7 +387,7 @@ async fn forward(
 fn rewrite(
     req: Request<Incoming>,
     route: &Arc<Route>,
-    version_segment: Option<std::ops::Range<usize>>,
+    version_segment: Option<VersionSegment>,
     conn: &ConnInfo,
     max_body_bytes: u64,
 ) -> Result<Request<RequestBody>, Reject> {

@@ -324,7 +324,11 @@ fn check_versions(host: Option<&str>, path: &str, method: &Method, headers: &Hea
     check_find(host, &routed, method, headers, version);
     for keep in [false, true] {
         let strip = (!strip.is_empty()).then_some(strip);
-        let up = version::upstream_path(path, resolved.segment.clone(), keep, strip);
+        let segment = resolved.segment.clone().map(|range| version::VersionSegment {
+            range,
+            routed: routed.to_string(),
+        });
+        let up = version::upstream_path(path, segment, keep, strip);
         assert!(up.len() <= path.len().max(1), "{up:?} grew from {path:?}");
         if resolved.segment.is_none() {
             let want = strip

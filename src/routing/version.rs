@@ -39,6 +39,16 @@ pub struct RequestVersion {
     pub segment: Option<Range<usize>>,
 }
 
+/// Where the path named the version, and the path without it: what route
+/// matching saw, kept so the upstream path is not built a second time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionSegment {
+    /// The bytes of `/v<N>` in the request path.
+    pub range: Range<usize>,
+    /// The request path without them.
+    pub routed: String,
+}
+
 impl RequestVersion {
     /// No versioning, or none found.
     pub const NONE: RequestVersion = RequestVersion {
@@ -229,25 +239,21 @@ impl Deprecation {
 /// kept segment stays where it was, unless the stripped prefix spans it.
 pub fn upstream_path<'a>(
     path: &'a str,
-    segment: Option<Range<usize>>,
+    segment: Option<VersionSegment>,
     keep: bool,
     strip_prefix: Option<&str>,
 ) -> Cow<'a, str> {
-    let Some(seg) = segment else {
+    let Some(VersionSegment {
+        range: seg,
+        routed: matched,
+    }) = segment
+    else {
         return match strip_prefix.and_then(|p| super::strip_prefix(path, p)) {
             Some(rest) => Cow::Borrowed(rest),
             None => Cow::Borrowed(path),
         };
     };
-    let matched = without(path, seg.clone());
-    let Some(prefix) = strip_prefix else {
-        return if keep {
-            Cow::Borrowed(path)
-        } else {
-            Cow::Owned(matched)
-        };
-    };
-    let Some(rest) = super::strip_prefix(&matched, prefix) else {
+    let Some(rest) = strip_prefix.and_then(|p| super::strip_prefix(&matched, p)) else {
         return if keep {
             Cow::Borrowed(path)
         } else {
@@ -407,10 +413,18 @@ mod tests {
         assert_eq!(d.headers[0].1, "@1688169599");
     }
 
+    /// The segment `range` of `path`, as step 2 hands it on.
+    fn segment(path: &str, range: Range<usize>) -> Option<VersionSegment> {
+        Some(VersionSegment {
+            routed: without(path, range.clone()),
+            range,
+        })
+    }
+
     #[test]
     fn upstream_paths() {
-        let seg = Some(4..7); // `/v2` in /api/v2/users/42
         let p = "/api/v2/users/42";
+        let seg = segment(p, 4..7); // `/v2`
         assert_eq!(upstream_path(p, seg.clone(), false, None), "/api/users/42");
         assert_eq!(upstream_path(p, seg.clone(), true, None), p);
         assert_eq!(
@@ -426,12 +440,13 @@ mod tests {
             upstream_path(p, seg.clone(), true, Some("/api/users")),
             "/42"
         );
+        let short = "/api/v2";
         assert_eq!(
-            upstream_path("/api/v2", Some(4..7), true, Some("/api")),
+            upstream_path(short, segment(short, 4..7), true, Some("/api")),
             "/v2"
         );
         assert_eq!(
-            upstream_path("/api/v2", Some(4..7), false, Some("/api")),
+            upstream_path(short, segment(short, 4..7), false, Some("/api")),
             "/"
         );
         assert_eq!(upstream_path("/api/x", None, false, Some("/api")), "/x");
