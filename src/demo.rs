@@ -246,11 +246,7 @@ pub fn commands(
     let mut wrk_path = None;
     for r in &config.routes {
         let m = &r.matcher;
-        let path = match (&m.path, &m.path_prefix) {
-            (Some(p), _) => p.clone(),
-            (None, Some(p)) => format!("{}/42", p.trim_end_matches('/')),
-            (None, None) => "/".into(),
-        };
+        let path = example_path(m).unwrap_or_else(|| "/".into());
         let mut args = String::new();
         if let Some(h) = &m.host {
             args.push_str(&format!(" -H 'Host: {}'", h.replace('*', "demo")));
@@ -335,18 +331,7 @@ pub fn commands(
     };
     if let (Some(u), Some(route)) = (resilient, resilient.and_then(|u| route_to(&u.name))) {
         let sick = &u.endpoints[u.endpoints.len() - 1];
-        let path = route
-            .matcher
-            .path
-            .clone()
-            .or_else(|| {
-                route
-                    .matcher
-                    .path_prefix
-                    .clone()
-                    .map(|p| format!("{}/42", p.trim_end_matches('/')))
-            })
-            .unwrap_or_else(|| "/".into());
+        let path = example_path(&route.matcher).unwrap_or_else(|| "/".into());
         out.push_str(&format!(
             "  # resilience: make backend {sick} of `{}` answer 503 (its /health too).\n  \
              # Retries hide it at once (x-portcullis-attempts: 2), health checks take it\n  \
@@ -361,11 +346,7 @@ pub fn commands(
     // Canary: pin a request to the last side of a split that allows it.
     let pinnable = config.routes.iter().find_map(|r| {
         let last = r.split.as_ref()?.last()?;
-        let path = r
-            .matcher
-            .path_prefix
-            .as_ref()
-            .map(|p| format!("{}/42", p.trim_end_matches('/')))?;
+        let path = prefix_example(&r.matcher)?;
         (r.allow_override && r.auth.is_none()).then_some((r, last, path))
     });
     if let Some((route, last, path)) = pinnable {
@@ -379,11 +360,7 @@ pub fn commands(
     let guarded = config.routes.iter().find_map(|r| {
         let last = r.split.as_ref()?.last()?;
         let upstream = config.upstreams.iter().find(|u| u.name == last.upstream)?;
-        let path = r
-            .matcher
-            .path_prefix
-            .as_ref()
-            .map(|p| format!("{}/42", p.trim_end_matches('/')))?;
+        let path = prefix_example(&r.matcher)?;
         (r.guard.is_some()
             && r.auth.is_none()
             && r.matcher
@@ -435,12 +412,7 @@ pub fn commands(
             .rate_limits
             .iter()
             .find(|p| Some(&p.name) == r.rate_limit.as_ref())?;
-        let path = r.matcher.path.clone().or_else(|| {
-            r.matcher
-                .path_prefix
-                .as_ref()
-                .map(|p| format!("{}/42", p.trim_end_matches('/')))
-        })?;
+        let path = example_path(&r.matcher)?;
         (r.auth.is_none() && r.matcher.headers.is_empty()).then_some((r, policy, path))
     });
     if let Some((route, policy, path)) = limited {
@@ -464,6 +436,18 @@ pub fn commands(
         wrk_path.unwrap_or_else(|| "/".into())
     ));
     out
+}
+
+/// A path a route serves, for a printed command: its exact `path`, else
+/// [`prefix_example`].
+fn example_path(m: &crate::config::MatchConfig) -> Option<String> {
+    m.path.clone().or_else(|| prefix_example(m))
+}
+
+/// `/api/users` → `/api/users/42`: a path under the route's prefix.
+fn prefix_example(m: &crate::config::MatchConfig) -> Option<String> {
+    let p = m.path_prefix.as_ref()?;
+    Some(format!("{}/42", p.trim_end_matches('/')))
 }
 
 /// `0.0.0.0:8080` is printed as `127.0.0.1:8080`: something a curl can reach.
