@@ -22,15 +22,39 @@ use hyper::body::Incoming;
 use crate::error::Reject;
 use crate::telemetry::Exchange;
 
-/// The request body grew past `max_body_bytes` while streaming.
+/// The client's request body failed on its way upstream: the client's
+/// fault, never the upstream's (no breaker, retry or outlier counts it).
 #[derive(Debug, thiserror::Error)]
-#[error("request body exceeds {limit} bytes")]
-pub struct BodyTooLarge {
-    pub limit: u64,
+pub enum ClientBodyError {
+    /// It grew past `max_body_bytes` while streaming.
+    #[error("request body exceeds {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// Bad chunked framing, or the client closed mid-body.
+    #[error("the request body is malformed or was cut off: {0}")]
+    Broken(hyper::Error),
+    /// No bytes of it for `body_read_timeout`.
+    #[error("no request body bytes for {0:?}")]
+    ReadTimeout(Duration),
 }
 
-/// The client's request body, limited to `limit` bytes. It may start with
-/// bytes already read (a replayed or partly buffered body).
+impl ClientBodyError {
+    /// What the client is told.
+    pub fn reject(&self) -> Reject {
+        match self {
+            ClientBodyError::TooLarge { limit } => Reject::PayloadTooLarge { limit: *limit },
+            ClientBodyError::Broken(_) => Reject::BadRequest {
+                reason: "the request body is malformed or was cut off",
+            },
+            ClientBodyError::ReadTimeout(t) => Reject::RequestTimeout {
+                timeout_ms: crate::clock::millis(*t),
+            },
+        }
+    }
+}
+
+/// The client's request body, limited to `limit` bytes, each read waiting
+/// at most `read_timeout`. It may start with bytes already read (a replayed
+/// or partly buffered body).
 pub struct RequestBody {
     /// Sent before anything from `inner`.
     prefix: Option<Bytes>,
@@ -41,16 +65,24 @@ pub struct RequestBody {
     trailers: Option<HeaderMap>,
     limit: u64,
     seen: u64,
+    read_timeout: Duration,
+    /// Armed when a read finds nothing to read; boxed, and made only then,
+    /// because a body that arrives with its head never waits.
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64) -> Self {
+    pub fn new(inner: Incoming, limit: u64, read_timeout: Duration) -> Self {
         RequestBody {
             prefix: None,
             inner: Some(inner),
             trailers: None,
             limit,
             seen: 0,
+            read_timeout,
+            wait: None,
+            waiting: false,
         }
     }
 
@@ -66,7 +98,27 @@ impl RequestBody {
             trailers,
             limit: u64::MAX,
             seen: 0,
+            read_timeout: Duration::MAX,
+            wait: None,
+            waiting: false,
         }
+    }
+
+    /// Has the client sent nothing for `read_timeout` while this waits?
+    fn read_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.waiting {
+            let Some(deadline) = tokio::time::Instant::now().checked_add(self.read_timeout) else {
+                return false;
+            };
+            match &mut self.wait {
+                Some(wait) => wait.as_mut().reset(deadline),
+                None => self.wait = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.waiting = true;
+        }
+        self.wait
+            .as_mut()
+            .is_some_and(|wait| std::future::Future::poll(wait.as_mut(), cx).is_ready())
     }
 }
 
@@ -85,7 +137,11 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
         };
-        match Pin::new(inner).poll_frame(cx) {
+        let polled = Pin::new(inner).poll_frame(cx);
+        if !matches!(polled, Poll::Pending) {
+            this.waiting = false;
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
@@ -93,15 +149,25 @@ impl Body for RequestBody {
                         if let Some(rest) = this.inner.take() {
                             linger(rest);
                         }
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                        return Poll::Ready(Some(Err(Box::new(ClientBodyError::TooLarge {
                             limit: this.limit,
                         }))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(Box::new(ClientBodyError::Broken(e)))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending if this.read_timed_out(cx) => {
+                // The rest of the body is not wanted; the client connection
+                // closes after the 408, as its framing is now unknown.
+                this.inner = None;
+                Poll::Ready(Some(Err(Box::new(ClientBodyError::ReadTimeout(
+                    this.read_timeout,
+                )))))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -139,7 +205,8 @@ pub enum Replay {
 
 impl Replay {
     /// Reads `body` until its end or past `buffer` bytes. A body over its
-    /// limit (`max_body_bytes`) is a 413, one the client breaks off a 400.
+    /// limit (`max_body_bytes`) is a 413, one the client breaks off a 400,
+    /// one it stops sending a 408.
     pub async fn read(body: RequestBody, buffer: u64) -> Result<Replay, Reject> {
         let mut body = body;
         if body.is_end_stream() {
@@ -163,12 +230,9 @@ impl Replay {
                     }
                 },
                 Some(Err(e)) => {
-                    return Err(match e.downcast::<BodyTooLarge>() {
-                        Ok(too_large) => Reject::PayloadTooLarge {
-                            limit: too_large.limit,
-                        },
-                        // The client broke off mid-body: nothing is sent
-                        // upstream (a truncated body would be worse).
+                    // Nothing is sent upstream (a truncated body would be worse).
+                    return Err(match e.downcast::<ClientBodyError>() {
+                        Ok(e) => e.reject(),
                         Err(_) => Reject::BadRequest {
                             reason: "the request body was cut off",
                         },
@@ -281,6 +345,13 @@ impl ResponseBody {
     pub fn track(&mut self, mut exchange: Exchange) {
         // An empty body may never be polled.
         exchange.completed = self.is_end_stream();
+        if !exchange.completed {
+            // Until hyper first asks for the body: a client that reads
+            // nothing (or an HTTP/2 window of 0) never lets it.
+            if let Some(busy) = exchange.busy.as_mut() {
+                busy.handed();
+            }
+        }
         self.exchange = Some(exchange);
     }
 }
@@ -294,6 +365,10 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let mut this = self.project();
+        let busy = this.exchange.as_mut().and_then(|ex| ex.busy.as_mut());
+        if let Some(busy) = busy {
+            busy.taken();
+        }
         let polled = match this.inner.as_mut().project() {
             InnerProj::Upstream { body } => body.poll_frame(cx),
             InnerProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
@@ -313,6 +388,10 @@ impl Body for ResponseBody {
                     if let Some(mut ex) = this.exchange.take() {
                         ex.completed = true;
                     }
+                } else if let Some(busy) = this.exchange.as_mut().and_then(|ex| ex.busy.as_mut()) {
+                    // Until hyper asks again: a client that stops reading
+                    // stops it asking (send_timeout).
+                    busy.handed();
                 }
             }
             Poll::Ready(None) => {
@@ -320,7 +399,12 @@ impl Body for ResponseBody {
                     ex.completed = true;
                 }
             }
-            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(ex) = this.exchange.as_mut() {
+                    ex.body_failed = true;
+                }
+            }
+            Poll::Pending => {}
         }
         polled
     }

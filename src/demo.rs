@@ -428,6 +428,8 @@ pub fn commands(
     }
     out.push_str(&format!(
         "  # no route: a problem document\n  curl -si {base}/nope\n\n\
+         \x20 # hardening (docs/security.md): a `..` segment is refused, whatever route it would reach\n  \
+         curl -s --path-as-is {base}/public/../admin\n\n\
          \x20 # admin port\n  curl -s {admin}/status\n  curl -s {admin}/metrics | grep portcullis_\n\n\
          \x20 # load (install wrk: apt-get install wrk)\n  wrk -t2 -c32 -d10s {base}{}\n\n\
          Edit gateway.yaml and save: the change is live within a second\n\

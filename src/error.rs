@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use crate::body::ResponseBody;
@@ -42,6 +42,9 @@ pub enum Reject {
     },
     #[error("upstream `{upstream}` did not answer within {timeout_ms} ms")]
     UpstreamTimeout { upstream: Arc<str>, timeout_ms: u64 },
+    /// The client stopped sending its request body (`body_read_timeout`).
+    #[error("no request body bytes arrived for {timeout_ms} ms")]
+    RequestTimeout { timeout_ms: u64 },
     /// No token (`problem` is `None`), or a token that is not valid.
     #[error("{}", match problem { None => "this route needs a bearer token", Some(p) => p })]
     Unauthorized { problem: Option<&'static str> },
@@ -95,7 +98,7 @@ impl std::fmt::Display for UpstreamFailure {
 
 /// Every error code, in a fixed order (the index of a code is used for
 /// per-route metric handle tables).
-pub const CODES: [&str; 13] = [
+pub const CODES: [&str; 14] = [
     "bad_request",
     "no_route",
     "payload_too_large",
@@ -109,6 +112,7 @@ pub const CODES: [&str; 13] = [
     "rate_limited",
     "overloaded",
     "unsupported_version",
+    "request_timeout",
 ];
 
 fn unsupported_detail(version: Option<u32>, supported: &[u32]) -> String {
@@ -161,6 +165,7 @@ impl Reject {
             Reject::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Reject::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Reject::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Reject::Forbidden { .. } => StatusCode::FORBIDDEN,
             Reject::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -186,6 +191,7 @@ impl Reject {
             Reject::RateLimited { .. } => 10,
             Reject::Overloaded { .. } => 11,
             Reject::UnsupportedVersion { .. } => 12,
+            Reject::RequestTimeout { .. } => 13,
         }
     }
 
@@ -297,6 +303,11 @@ impl Reject {
             Reject::AuthUnavailable { .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static(AUTH_RETRY_AFTER_SECS));
             }
+            // The rest of the body may still come: the connection cannot
+            // carry another request (RFC 9110 §15.5.9).
+            Reject::RequestTimeout { .. } => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             Reject::UpstreamUnavailable { .. }
             | Reject::RateLimited { .. }
             | Reject::Overloaded { .. } => {
@@ -353,6 +364,7 @@ mod tests {
                 version: Some(3),
                 supported: vec![1, 2],
             },
+            Reject::RequestTimeout { timeout_ms: 10 },
         ]
     }
 
@@ -378,6 +390,7 @@ mod tests {
                 (429, "rate_limited"),
                 (503, "overloaded"),
                 (404, "unsupported_version"),
+                (408, "request_timeout"),
             ]
         );
     }

@@ -27,6 +27,7 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod sync;
+pub mod target;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

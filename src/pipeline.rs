@@ -2,7 +2,7 @@
 //!
 //! | # | step | module | can answer |
 //! |---|------|--------|------------|
-//! | 1 | admit: hop-by-hop headers out, in-flight cap and adaptive limit, request id, head size, mTLS subject | `limits::shed`, `proxy`, `limits` | 503 `overloaded`, 431 `headers_too_large` |
+//! | 1 | admit: hop-by-hop headers out, in-flight cap and adaptive limit, request id, head size, request target and `Host`, mTLS subject | `limits::shed`, `proxy`, `limits`, `target` | 503 `overloaded`, 431 `headers_too_large`, 400 `bad_request` |
 //! | 2 | route: API version (path segment, header, `Accept`); host, path, method, headers, version; deprecation headers | `routing::version`, `routing` | 400 `bad_request` (versions disagree), 404 `no_route`, 404 `unsupported_version` |
 //! | 2b | authenticate: bearer token, scopes, forwarded claims; declared body size | `auth`, `limits` | 401 `unauthorized`, 403 `forbidden`, 503 `auth_unavailable`, 400 `bad_request`, 413 `payload_too_large` |
 //! | 2c | rate limit: the route's policy, first key present | `limits::rate`, `client_key` | 429 `rate_limited` |
@@ -40,7 +40,7 @@ use crate::upstream::retry::X_PORTCULLIS_ATTEMPTS;
 static X_PORTCULLIS_UPSTREAM: http::HeaderName =
     http::HeaderName::from_static("x-portcullis-upstream");
 use crate::upstream::{attempts, balance, Balance, Upstream};
-use crate::{limits, proxy, routing, Shared};
+use crate::{limits, proxy, routing, target, Shared};
 
 /// Serves one request. Every response carries `x-request-id`.
 pub async fn handle(
@@ -83,7 +83,8 @@ pub async fn handle(
         shadow_limited: None,
         shadow_shed: None,
         slots: [None, None],
-        _busy: Some(conn.state.busy()),
+        body_failed: false,
+        busy: Some(conn.state.busy()),
     };
     let version = req.version();
     let load = Load {
@@ -154,13 +155,7 @@ async fn run(
     exchange.upstream = Some(upstream.name.clone());
 
     // 4. rewrite
-    let req = rewrite(
-        req,
-        &route,
-        version_segment,
-        conn,
-        snap.limits.max_body_bytes,
-    )?;
+    let req = rewrite(snap, req, &route, version_segment, conn)?;
 
     // 5. forward
     let timeout = route.timeout.unwrap_or(upstream.request_timeout);
@@ -213,6 +208,7 @@ fn admit_and_route(
         }
     }
     limits::check_head(req, &snap.limits)?;
+    target::check(req)?;
     // Before routing, so routes can match on the verified subject.
     proxy::set_client_cert_subject(req.headers_mut(), conn.client_cert_subject.as_ref());
     // Claim headers only the gateway may set (from a verified token).
@@ -383,13 +379,13 @@ async fn forward(
 }
 
 /// Applies the route's path rewrite and the header hygiene, and wraps the
-/// body in its size limit.
+/// body in its size limit and read timeout.
 fn rewrite(
+    snap: &Snapshot,
     req: Request<Incoming>,
     route: &Arc<Route>,
     version_segment: Option<VersionSegment>,
     conn: &ConnInfo,
-    max_body_bytes: u64,
 ) -> Result<Request<RequestBody>, Reject> {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path();
@@ -430,6 +426,10 @@ fn rewrite(
     );
     Ok(Request::from_parts(
         parts,
-        RequestBody::new(body, max_body_bytes),
+        RequestBody::new(
+            body,
+            snap.limits.max_body_bytes,
+            snap.server.body_read_timeout.0,
+        ),
     ))
 }

@@ -35,6 +35,7 @@ pub const CANARY_GUARD_TRIPPED: &str = "portcullis_canary_guard_tripped";
 pub const CONCURRENCY_LIMIT: &str = "portcullis_concurrency_limit";
 pub const CONNECTIONS_TOTAL: &str = "portcullis_connections_total";
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "portcullis_connections_rejected_total";
+pub const CONNECTIONS_CUT_TOTAL: &str = "portcullis_connections_cut_total";
 pub const OPEN_CONNECTIONS: &str = "portcullis_open_connections";
 pub const CONFIG_GENERATION: &str = "portcullis_config_generation";
 pub const CONFIG_RELOADS_TOTAL: &str = "portcullis_config_reloads_total";
@@ -225,12 +226,18 @@ pub struct Exchange {
     /// Places in the gateway's and the upstream's in-flight counts, given
     /// back when the response is over.
     pub slots: [Option<crate::limits::shed::Slot>; 2],
+    /// The upstream's body failed mid-stream (not the client's doing).
+    pub body_failed: bool,
     /// Held until the response is over: marks the connection busy.
-    pub _busy: Option<crate::server::Busy>,
+    pub busy: Option<crate::server::Busy>,
 }
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        if let (false, false, Some(busy)) = (self.completed, self.body_failed, &self.busy) {
+            // The client went away or reset the stream before the end.
+            busy.cancelled();
+        }
         let elapsed = self.start.elapsed();
         self.in_flight.decrement(1.0);
         if let Some(c) = self.route.status_counter(self.status) {

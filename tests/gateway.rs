@@ -485,7 +485,7 @@ async fn max_connections_refuses_extra_connections_and_keeps_serving() {
     assert!(
         metric(
             &m,
-            "portcullis_connections_rejected_total{listener=\"http\"}"
+            "portcullis_connections_rejected_total{listener=\"http\",reason=\"max_connections\"}"
         ) >= 1.0,
         "{m}"
     );

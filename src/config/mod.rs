@@ -280,10 +280,17 @@ impl<'de> Deserialize<'de> for Workers {
 pub struct ServerConfig {
     pub workers: Workers,
     pub max_connections: usize,
+    /// Open connections from one client address (off when unset).
+    pub max_connections_per_ip: Option<usize>,
     pub header_read_timeout: Dur,
+    /// The longest wait for the next bytes of a request body (408).
+    pub body_read_timeout: Dur,
+    /// The longest a response may wait on a client that does not read it.
+    pub send_timeout: Dur,
     pub idle_timeout: Dur,
     pub max_header_bytes: Size,
     pub max_body_bytes: Size,
+    pub http2: Http2Config,
     pub drain_delay: Dur,
     pub drain_timeout: Dur,
     /// One JSON line per request on stdout (added to the contract).
@@ -299,15 +306,50 @@ impl Default for ServerConfig {
         ServerConfig {
             workers: Workers::Auto,
             max_connections: 10_000,
+            max_connections_per_ip: None,
             header_read_timeout: Dur::secs(10),
+            body_read_timeout: Dur::secs(30),
+            send_timeout: Dur::secs(60),
             idle_timeout: Dur::secs(60),
             max_header_bytes: Size(16 << 10),
             max_body_bytes: Size(10 << 20),
+            http2: Http2Config::default(),
             drain_delay: Dur::secs(0),
             drain_timeout: Dur::secs(30),
             access_log: true,
             trusted_proxies: Vec::new(),
             upstream_header: true,
+        }
+    }
+}
+
+/// HTTP/2 limits on client connections (`server.http2`): each bounds what
+/// one connection can make the gateway hold or do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// Request body bytes one stream may send ahead of the gateway reading them.
+    pub initial_stream_window: Size,
+    /// The same for all streams of a connection together.
+    pub initial_connection_window: Size,
+    /// Response bytes buffered per stream for a client that reads slowly.
+    pub max_send_buffer: Size,
+    /// Streams the client cancels before their response ends; past this
+    /// many, and once they are half of the connection's streams, the
+    /// connection is closed (HTTP/2 rapid reset, CVE-2023-44487).
+    pub max_cancelled_streams: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            max_concurrent_streams: 100,
+            initial_stream_window: Size(1 << 20),
+            initial_connection_window: Size(1 << 20),
+            max_send_buffer: Size(128 << 10),
+            max_cancelled_streams: 100,
         }
     }
 }

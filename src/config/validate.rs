@@ -61,8 +61,61 @@ pub fn validate(config: &Config, report: &mut Report<'_>) {
             "must be more than 0".into(),
         );
     }
-    if s.idle_timeout.0.is_zero() {
-        report("server.idle_timeout", false, "must be more than 0".into());
+    for (key, d) in [
+        ("idle_timeout", s.idle_timeout),
+        ("body_read_timeout", s.body_read_timeout),
+        ("send_timeout", s.send_timeout),
+    ] {
+        if d.0.is_zero() {
+            report(
+                &format!("server.{key}"),
+                false,
+                "must be more than 0".into(),
+            );
+        }
+    }
+    if s.max_connections_per_ip == Some(0) {
+        report(
+            "server.max_connections_per_ip",
+            false,
+            "must be at least 1 (leave it out for no per-address cap)".into(),
+        );
+    }
+    let h2 = &s.http2;
+    if h2.max_concurrent_streams == 0 {
+        report(
+            "server.http2.max_concurrent_streams",
+            false,
+            "must be at least 1".into(),
+        );
+    }
+    // HTTP/2 flow-control windows are 2^31-1 at most; under 64KiB stalls
+    // uploads for no gain.
+    for (key, size) in [
+        ("initial_stream_window", h2.initial_stream_window),
+        ("initial_connection_window", h2.initial_connection_window),
+    ] {
+        if size.0 < (64 << 10) || size.0 > (1 << 31) - 1 {
+            report(
+                &format!("server.http2.{key}"),
+                false,
+                "must be between 64KiB and 2GiB - 1".into(),
+            );
+        }
+    }
+    if h2.max_send_buffer.0 < (16 << 10) || h2.max_send_buffer.0 > (64 << 20) {
+        report(
+            "server.http2.max_send_buffer",
+            false,
+            "must be between 16KiB and 64MiB".into(),
+        );
+    }
+    if h2.max_cancelled_streams == 0 {
+        report(
+            "server.http2.max_cancelled_streams",
+            false,
+            "must be at least 1".into(),
+        );
     }
     if s.max_header_bytes.0 < 1024 || s.max_header_bytes.0 > (1 << 20) {
         report(

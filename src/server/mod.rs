@@ -10,30 +10,44 @@
 //! - `header_read_timeout`: from the first byte of a request head to the
 //!   request reaching the gateway (slowloris guard); the connection is closed.
 //! - `idle_timeout`: no request in flight and no bytes of a new one; the
-//!   connection is shut down gracefully (HTTP/2 gets GOAWAY).
+//!   connection is shut down gracefully (HTTP/2 gets GOAWAY), and closed if
+//!   that has not finished within `send_timeout` (a client that does not
+//!   read the end of its last response).
+//! - `send_timeout`: a response body handed data that the client has not
+//!   taken for this long (it stopped reading: hyper's buffers and the HTTP/2
+//!   send buffer are full); the connection is closed.
+//!
+//! The watchdog also closes an HTTP/2 connection whose client cancels most
+//! of its streams before their response ends (rapid reset), and the accept
+//! loop enforces `max_connections` and `max_connections_per_ip`. It is not
+//! woken per request: it looks every quarter of the shortest timeout, so a
+//! timeout fires between 1 and 1.25 times its length.
 
 mod io;
 pub mod listeners;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use dashmap::DashMap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Counter, Gauge};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep_until, Instant};
 
 use crate::clock::millis;
-use crate::config::ServerConfig;
-use crate::telemetry::{CONNECTIONS_REJECTED_TOTAL, CONNECTIONS_TOTAL, OPEN_CONNECTIONS};
+use crate::config::{Http2Config, ServerConfig};
+use crate::telemetry::{
+    CONNECTIONS_CUT_TOTAL, CONNECTIONS_REJECTED_TOTAL, CONNECTIONS_TOTAL, OPEN_CONNECTIONS,
+};
 use crate::tls::listener::ListenerTls;
 use crate::{pipeline, Shared};
 
@@ -57,15 +71,33 @@ pub struct ConnState {
     /// When bytes of a new request head began to arrive while idle (ms since
     /// `epoch`, +1 so that 0 means "none").
     head_since: AtomicU64,
+    /// Requests (streams) begun, and those the client abandoned before
+    /// their response ended.
+    started: AtomicU32,
+    cancelled: AtomicU32,
+    /// `server.http2.max_cancelled_streams`.
+    cancel_limit: u32,
+    /// Response bodies that handed data to the connection and have not been
+    /// asked for more yet, and when the oldest such wait began (ms).
+    sending: AtomicU32,
+    send_since: AtomicU64,
+    /// Wakes the watchdog when the client cancelled too much.
+    abusive: Notify,
 }
 
 impl ConnState {
-    fn new() -> ConnState {
+    fn new(cancel_limit: u32) -> ConnState {
         ConnState {
             epoch: Instant::now(),
             active: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
+            started: AtomicU32::new(0),
+            cancelled: AtomicU32::new(0),
+            cancel_limit,
+            sending: AtomicU32::new(0),
+            send_since: AtomicU64::new(0),
+            abusive: Notify::new(),
         }
     }
 
@@ -88,47 +120,125 @@ impl ConnState {
     /// Marks the connection busy until the returned guard drops.
     pub fn busy(self: &Arc<Self>) -> Busy {
         self.active.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
-        Busy(self.clone())
+        Busy {
+            state: self.clone(),
+            sending: false,
+        }
+    }
+
+    /// A response body handed data to the connection and waits to be asked
+    /// for more.
+    pub fn send_waiting(&self) {
+        if self.sending.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.send_since.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// The connection took what a body handed it (or the body is gone).
+    pub fn send_taken(&self) {
+        if self.sending.fetch_sub(1, Ordering::Relaxed) > 1 {
+            // Others still wait: the clock restarts, as the client reads.
+            self.send_since.store(self.now_ms(), Ordering::Relaxed);
+        }
     }
 
     /// What the watchdog should do now, or when to look again.
-    fn check(&self, header_timeout: u64, idle_timeout: u64) -> Watch {
+    fn check(&self, t: &Timeouts) -> Watch {
         let now = self.now_ms();
+        // A request head or a stalled response may begin at any moment
+        // without waking the watchdog (that would cost a wake-up per
+        // request): it looks again a quarter of the shortest timeout later,
+        // so each timeout fires within 1.25 times its length.
+        let soon = now + (t.header.min(t.idle).min(t.send) / 4).max(10);
+        let at = |deadline: u64, due: Watch| {
+            if now >= deadline {
+                due
+            } else {
+                Watch::Later(deadline.min(soon))
+            }
+        };
         if self.active.load(Ordering::Relaxed) > 0 {
-            return Watch::Later(now + idle_timeout.min(header_timeout));
+            if self.sending.load(Ordering::Relaxed) > 0 {
+                return at(
+                    self.send_since.load(Ordering::Relaxed) + t.send,
+                    Watch::SendTimeout,
+                );
+            }
+            return Watch::Later(soon);
         }
         let head = self.head_since.load(Ordering::Relaxed);
         if head != 0 {
-            let deadline = head - 1 + header_timeout;
-            return if now >= deadline {
-                Watch::HeaderTimeout
-            } else {
-                Watch::Later(deadline)
-            };
+            return at(head - 1 + t.header, Watch::HeaderTimeout);
         }
-        let deadline = self.idle_since.load(Ordering::Relaxed) + idle_timeout;
-        if now >= deadline {
-            Watch::Idle
-        } else {
-            Watch::Later(deadline)
-        }
+        at(
+            self.idle_since.load(Ordering::Relaxed) + t.idle,
+            Watch::Idle,
+        )
     }
+}
+
+/// A connection's timeouts, in ms.
+struct Timeouts {
+    header: u64,
+    idle: u64,
+    send: u64,
 }
 
 enum Watch {
     Later(u64),
     HeaderTimeout,
+    SendTimeout,
     Idle,
 }
 
 /// A request in flight on a connection.
-pub struct Busy(Arc<ConnState>);
+pub struct Busy {
+    state: Arc<ConnState>,
+    /// Its response body handed data the connection has not taken yet.
+    sending: bool,
+}
+
+impl Busy {
+    /// The response body handed data to the connection; it waits to be
+    /// asked for more.
+    pub fn handed(&mut self) {
+        if !self.sending {
+            self.sending = true;
+            self.state.send_waiting();
+        }
+    }
+
+    /// The connection asked the response body for more.
+    pub fn taken(&mut self) {
+        if self.sending {
+            self.sending = false;
+            self.state.send_taken();
+        }
+    }
+
+    /// The client abandoned this request before its response ended (HTTP/2
+    /// reset, or a closed connection). Past the limit, when such requests
+    /// are half of all, the connection is abusive.
+    pub fn cancelled(&self) {
+        let state = &self.state;
+        let cancelled = state.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
+        if cancelled >= state.cancel_limit
+            && u64::from(cancelled) * 2 >= u64::from(state.started.load(Ordering::Relaxed))
+        {
+            state.abusive.notify_one();
+        }
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.0.idle_since.store(self.0.now_ms(), Ordering::Relaxed);
+        self.taken();
+        if self.state.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.state
+                .idle_since
+                .store(self.state.now_ms(), Ordering::Relaxed);
         }
     }
 }
@@ -138,7 +248,10 @@ impl Drop for Busy {
 pub struct ConnSettings {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    pub send_timeout: Duration,
     pub max_header_bytes: usize,
+    pub max_connections_per_ip: Option<usize>,
+    pub http2: Http2Config,
 }
 
 impl ConnSettings {
@@ -146,7 +259,18 @@ impl ConnSettings {
         ConnSettings {
             header_read_timeout: s.header_read_timeout.0,
             idle_timeout: s.idle_timeout.0,
+            send_timeout: s.send_timeout.0,
             max_header_bytes: usize::try_from(s.max_header_bytes.0).unwrap_or(usize::MAX),
+            max_connections_per_ip: s.max_connections_per_ip,
+            http2: s.http2.clone(),
+        }
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            header: millis(self.header_read_timeout),
+            idle: millis(self.idle_timeout),
+            send: millis(self.send_timeout),
         }
     }
 
@@ -160,10 +284,18 @@ impl ConnSettings {
             .header_read_timeout(None)
             .max_buf_size(hyper_limit)
             .max_headers((self.max_header_bytes / 16).clamp(100, 4096));
+        // Each HTTP/2 limit bounds what one connection can pin: streams ×
+        // send buffer for responses, the connection window for uploads, the
+        // header list (HPACK-decoded, CONTINUATION frames included) for heads.
+        let h2 = &self.http2;
+        let window = |s: crate::config::Size| u32::try_from(s.0).unwrap_or(u32::MAX);
         b.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(hyper_limit).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256);
+            .max_concurrent_streams(h2.max_concurrent_streams)
+            .initial_stream_window_size(window(h2.initial_stream_window))
+            .initial_connection_window_size(window(h2.initial_connection_window))
+            .max_send_buf_size(usize::try_from(h2.max_send_buffer.0).unwrap_or(usize::MAX));
         b
     }
 }
@@ -182,18 +314,52 @@ pub struct Drain {
 /// Per-listener connection metrics.
 pub struct ListenerMetrics {
     accepted: Counter,
-    rejected: Counter,
+    /// By [`Refusal`].
+    rejected: [Counter; 2],
+    /// By [`Cut`].
+    cut: [Counter; 4],
     open: Gauge,
 }
 
 impl ListenerMetrics {
     pub fn new(metrics: &crate::telemetry::Metrics, listener: &str) -> ListenerMetrics {
+        let rejected = |reason| {
+            metrics.counter(
+                CONNECTIONS_REJECTED_TOTAL,
+                &[("listener", listener), ("reason", reason)],
+            )
+        };
+        let cut = |reason| {
+            metrics.counter(
+                CONNECTIONS_CUT_TOTAL,
+                &[("listener", listener), ("reason", reason)],
+            )
+        };
         ListenerMetrics {
             accepted: metrics.counter(CONNECTIONS_TOTAL, &[("listener", listener)]),
-            rejected: metrics.counter(CONNECTIONS_REJECTED_TOTAL, &[("listener", listener)]),
+            rejected: [
+                rejected("max_connections"),
+                rejected("max_connections_per_ip"),
+            ],
+            cut: [
+                cut("header_read_timeout"),
+                cut("send_timeout"),
+                cut("rapid_reset"),
+                cut("malformed_request"),
+            ],
             open: metrics.gauge(OPEN_CONNECTIONS, &[("listener", listener)]),
         }
     }
+}
+
+/// Why the gateway closed a connection on a misbehaving client (the
+/// `reason` label of `portcullis_connections_cut_total`).
+#[derive(Clone, Copy)]
+enum Cut {
+    HeaderReadTimeout,
+    SendTimeout,
+    RapidReset,
+    MalformedRequest,
 }
 
 /// What a listener's accept loop reads for each new connection; a reload
@@ -219,32 +385,72 @@ impl ConnRuntime {
     }
 }
 
-/// Open client connections across all listeners, against the current
-/// `max_connections` (a counter rather than a semaphore so a reload can
-/// change the cap).
+/// Open client connections across all listeners, and per client address,
+/// against the current `max_connections` and `max_connections_per_ip`
+/// (counters rather than semaphores so a reload can change the caps).
+/// Addresses are counted even with no per-address cap, so that setting one
+/// by reload applies to the connections already open.
 #[derive(Default)]
-pub struct ConnCount(Arc<AtomicUsize>);
+pub struct ConnCount(Arc<Counts>);
 
-/// One open connection's place under the cap.
-pub struct ConnPermit(Arc<AtomicUsize>);
+#[derive(Default)]
+struct Counts {
+    total: AtomicUsize,
+    /// Only addresses with an open connection have an entry.
+    per_ip: DashMap<IpAddr, usize>,
+}
+
+/// Which cap refused a connection (the `reason` label).
+#[derive(Clone, Copy)]
+enum Refusal {
+    Total,
+    PerIp,
+}
+
+/// One open connection's place under the caps.
+pub struct ConnPermit {
+    counts: Arc<Counts>,
+    ip: IpAddr,
+}
 
 impl ConnCount {
-    fn try_acquire(&self, max: usize) -> Option<ConnPermit> {
-        if self.0.fetch_add(1, Ordering::Relaxed) >= max {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-            return None;
+    fn try_acquire(
+        &self,
+        ip: IpAddr,
+        max: usize,
+        max_per_ip: Option<usize>,
+    ) -> Result<ConnPermit, Refusal> {
+        let counts = &self.0;
+        if counts.total.fetch_add(1, Ordering::Relaxed) >= max {
+            counts.total.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refusal::Total);
         }
-        Some(ConnPermit(self.0.clone()))
+        {
+            let mut open = counts.per_ip.entry(ip).or_insert(0);
+            if max_per_ip.is_none_or(|cap| *open < cap) {
+                *open += 1;
+                return Ok(ConnPermit {
+                    counts: counts.clone(),
+                    ip,
+                });
+            }
+        }
+        counts.total.fetch_sub(1, Ordering::Relaxed);
+        Err(Refusal::PerIp)
     }
 
     pub fn open(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.0.total.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for ConnPermit {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.counts.total.fetch_sub(1, Ordering::Relaxed);
+        self.counts.per_ip.remove_if_mut(&self.ip, |_, open| {
+            *open = open.saturating_sub(1);
+            *open == 0
+        });
     }
 }
 
@@ -273,12 +479,20 @@ pub async fn serve(
             }
         };
         let snap = shared.snapshot.load();
-        let Some(permit) = shared.conns.try_acquire(snap.server.max_connections) else {
-            // Over max_connections: close at once; existing connections go on.
-            rt.metrics.rejected.increment(1);
-            drop(stream);
-            continue;
-        };
+        let cap_per_ip = snap.conn.settings.max_connections_per_ip;
+        let permit =
+            match shared
+                .conns
+                .try_acquire(peer.ip(), snap.server.max_connections, cap_per_ip)
+            {
+                Ok(permit) => permit,
+                Err(refusal) => {
+                    // Over a cap: close at once; existing connections go on.
+                    rt.metrics.rejected[refusal as usize].increment(1);
+                    drop(stream);
+                    continue;
+                }
+            };
         rt.metrics.accepted.increment(1);
         let _ = stream.set_nodelay(true);
         let conn = Connection {
@@ -287,7 +501,7 @@ pub async fn serve(
             conn: snap.conn.clone(),
             drain: drain.clone(),
             _permit: permit,
-            open: rt.metrics.open.clone(),
+            listener: rt.clone(),
         };
         drop(snap);
         match &rt.tls {
@@ -316,12 +530,12 @@ struct Connection {
     conn: Arc<ConnRuntime>,
     drain: Drain,
     _permit: ConnPermit,
-    open: Gauge,
+    listener: Arc<ListenerRuntime>,
 }
 
 impl Connection {
     /// Serves HTTP/1.1 and HTTP/2 on `stream` (TCP or TLS) until it closes,
-    /// times out, or drain shuts it down.
+    /// times out, misbehaves, or drain shuts it down.
     async fn serve<S>(
         self,
         stream: S,
@@ -336,11 +550,12 @@ impl Connection {
             conn: rt,
             drain,
             _permit,
-            open,
+            listener,
         } = self;
         let settings = &rt.settings;
-        open.increment(1.0);
-        let state = Arc::new(ConnState::new());
+        let metrics = &listener.metrics;
+        metrics.open.increment(1.0);
+        let state = Arc::new(ConnState::new(settings.http2.max_cancelled_streams));
         let info = Arc::new(ConnInfo {
             peer,
             proto,
@@ -356,33 +571,67 @@ impl Connection {
         let conn = rt.builder.serve_connection(io, service);
         let mut conn = std::pin::pin!(conn);
         let mut stop = drain.stop.clone();
-        let header_ms = millis(settings.header_read_timeout);
-        let idle_ms = millis(settings.idle_timeout);
-        let mut next = state.epoch + Duration::from_millis(header_ms.min(idle_ms));
-        let mut shutting_down = false;
-        loop {
+        let t = settings.timeouts();
+        let mut next = state.epoch;
+        // When the graceful shutdown began (drain, or idle_timeout).
+        let mut shutdown_at: Option<Instant> = None;
+        let cut = loop {
             tokio::select! {
-                _ = conn.as_mut() => break,
-                _ = stop.wait_for(|s| *s), if !shutting_down => {
+                served = conn.as_mut() => break match served {
+                    // hyper answered 400 or 431 itself and closed.
+                    Err(e) if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) => {
+                        Some(Cut::MalformedRequest)
+                    }
+                    _ => None,
+                },
+                _ = stop.wait_for(|s| *s), if shutdown_at.is_none() => {
                     conn.as_mut().graceful_shutdown();
-                    shutting_down = true;
+                    shutdown_at = Some(Instant::now());
                 }
-                _ = sleep_until(next), if !shutting_down => {
-                    match state.check(header_ms, idle_ms) {
-                        Watch::Later(at) => next = state.epoch + Duration::from_millis(at),
-                        Watch::HeaderTimeout => {
-                            tracing::debug!(%peer, "request head not received within header_read_timeout; closing");
-                            break;
-                        }
-                        Watch::Idle => {
-                            conn.as_mut().graceful_shutdown();
-                            shutting_down = true;
+                _ = state.abusive.notified() => break Some(Cut::RapidReset),
+                _ = sleep_until(next) => match state.check(&t) {
+                    Watch::Later(at) => next = state.epoch + Duration::from_millis(at),
+                    Watch::HeaderTimeout => break Some(Cut::HeaderReadTimeout),
+                    Watch::SendTimeout => break Some(Cut::SendTimeout),
+                    Watch::Idle => {
+                        let send = Duration::from_millis(t.send);
+                        match shutdown_at {
+                            None => {
+                                conn.as_mut().graceful_shutdown();
+                                shutdown_at = Some(Instant::now());
+                                next = Instant::now() + send;
+                            }
+                            // Nothing in flight, yet not closed: the client
+                            // does not take the end of its last response.
+                            Some(at) if at.elapsed() >= send => break Some(Cut::SendTimeout),
+                            Some(at) => next = at + send,
                         }
                     }
+                },
+            }
+        };
+        if let Some(cut) = cut {
+            metrics.cut[cut as usize].increment(1);
+            match cut {
+                Cut::HeaderReadTimeout => {
+                    tracing::debug!(%peer, "request head not received within header_read_timeout; closing")
                 }
+                Cut::SendTimeout => {
+                    tracing::debug!(%peer, "client did not read its response within send_timeout; closing")
+                }
+                Cut::MalformedRequest => {
+                    tracing::debug!(%peer, "request could not be parsed; answered 400 or 431 and closed")
+                }
+                Cut::RapidReset => tracing::warn!(
+                    %peer,
+                    listener = %listener.name,
+                    started = state.started.load(Ordering::Relaxed),
+                    cancelled = state.cancelled.load(Ordering::Relaxed),
+                    "client cancelled most of its requests (HTTP/2 rapid reset?); connection closed"
+                ),
             }
         }
-        open.decrement(1.0);
+        metrics.open.decrement(1.0);
         drop(drain.tracker);
     }
 }

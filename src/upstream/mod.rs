@@ -13,6 +13,7 @@ pub mod balance;
 pub mod breaker;
 pub mod health;
 pub mod outcome;
+pub mod poison;
 pub mod retry;
 pub mod window;
 
@@ -28,7 +29,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::{BodyTooLarge, RequestBody};
+use crate::body::{ClientBodyError, RequestBody};
 use crate::client_key::ClientKey;
 use crate::config::HealthCheckConfig;
 use crate::error::{Reject, UpstreamFailure};
@@ -38,6 +39,7 @@ use breaker::{Breaker, BreakerPolicy};
 use health::{Health, OutlierPolicy};
 use hyper_rustls::HttpsConnector;
 use outcome::Outcome;
+use poison::{Poison, Poisonable};
 use retry::{RetryBudget, RetryPolicy};
 
 /// Idle upstream connections are closed after this long: shorter than the
@@ -45,10 +47,15 @@ use retry::{RetryBudget, RetryPolicy};
 /// backend is closing.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The largest upstream response head read (hyper's read buffer): beyond
+/// it, or for a head that never ends, the answer is a 502. Eight times
+/// NGINX's default `proxy_buffer_size`, a quarter of hyper's default.
+pub const MAX_UPSTREAM_HEAD_BYTES: usize = 64 << 10;
+
 /// The pooled client: plain HTTP, or HTTPS through rustls.
 enum PoolClient {
-    Plain(Client<HttpConnector, RequestBody>),
-    Tls(Client<HttpsConnector<HttpConnector>, RequestBody>),
+    Plain(Client<Poisonable<HttpConnector>, RequestBody>),
+    Tls(Client<Poisonable<HttpsConnector<HttpConnector>>, RequestBody>),
 }
 
 /// One upstream's connection pool (long-lived; see module docs).
@@ -76,11 +83,12 @@ impl Pool {
         builder
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
+            .timer(TokioTimer::new())
+            .http1_max_buf_size(MAX_UPSTREAM_HEAD_BYTES);
         let client = match tls {
             None => {
                 connector.enforce_http(true);
-                PoolClient::Plain(builder.build(connector))
+                PoolClient::Plain(builder.build(Poisonable(connector)))
             }
             Some(tls) => {
                 connector.enforce_http(false);
@@ -93,7 +101,9 @@ impl Pool {
                     ),
                     None => https,
                 };
-                PoolClient::Tls(builder.build(https.enable_http1().wrap_connector(connector)))
+                PoolClient::Tls(
+                    builder.build(Poisonable(https.enable_http1().wrap_connector(connector))),
+                )
             }
         };
         Pool {
@@ -270,16 +280,26 @@ pub async fn forward(
 
     let metrics = &upstream.pool.metrics;
     match result {
+        Ok(Ok(resp)) if !well_framed(&resp) => {
+            // hyper may have read the whole answer and pooled the
+            // connection already.
+            if let Some(poison) = resp.extensions().get::<Poison>() {
+                poison.poison();
+            }
+            metrics.error.increment(1);
+            Err(Reject::BadGateway {
+                upstream: upstream.name.clone(),
+                cause: UpstreamFailure::Protocol,
+            })
+        }
         Ok(Ok(resp)) => {
             metrics.ok.increment(1);
             Ok(resp)
         }
         Ok(Err(e)) => {
-            if let Some(too_large) = find_cause::<BodyTooLarge>(&e) {
+            if let Some(client) = find_cause::<ClientBodyError>(&e) {
                 // The client's fault, not the upstream's.
-                return Err(Reject::PayloadTooLarge {
-                    limit: too_large.limit,
-                });
+                return Err(client.reject());
             }
             metrics.error.increment(1);
             Err(Reject::BadGateway {
@@ -297,8 +317,19 @@ pub async fn forward(
     }
 }
 
+/// What hyper's client lets through but the gateway must not pass on: a
+/// 1xx final answer (a `101` nobody asked for: the gateway never forwards
+/// `Upgrade`), or both `Transfer-Encoding` and `Content-Length`, which hyper
+/// reads as chunked but the client would read by the length.
+fn well_framed(resp: &Response<Incoming>) -> bool {
+    let h = resp.headers();
+    let both_lengths = h.contains_key(http::header::TRANSFER_ENCODING)
+        && h.contains_key(http::header::CONTENT_LENGTH);
+    !(resp.status().is_informational() || both_lengths)
+}
+
 /// What a try came to, for retries, the breaker and outlier detection;
-/// `None` when the client, not the upstream, is at fault (body too large).
+/// `None` when the client, not the upstream, is at fault (its body).
 pub fn outcome_of(result: &Result<Response<Incoming>, Reject>) -> Option<Outcome> {
     match result {
         Ok(resp) => Some(Outcome::Status(resp.status().as_u16())),
