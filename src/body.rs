@@ -343,8 +343,8 @@ impl ResponseBody {
     /// Attaches the request's bookkeeping; it is finished when the body ends
     /// or is dropped.
     pub fn track(&mut self, mut exchange: Exchange) {
-        // An empty body may never be polled.
-        exchange.completed = self.is_end_stream();
+        // An empty body, or any body of a HEAD response, is never polled.
+        exchange.completed = self.is_end_stream() || exchange.method == http::Method::HEAD;
         if !exchange.completed {
             // Until hyper first asks for the body: a client that reads
             // nothing (or an HTTP/2 window of 0) never lets it.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION, HOST};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -96,7 +96,13 @@ pub async fn handle(
         Err(reject) => {
             exchange.route.rejected(reject.code_index());
             exchange.error = Some(reject.code());
-            reject.to_response(request_id.to_str().unwrap_or(""))
+            let mut resp = reject.to_response(request_id.to_str().unwrap_or(""));
+            if exchange.method == Method::HEAD {
+                // hyper's HTTP/1.1 server drops the body of an answer to
+                // HEAD, its HTTP/2 server sends it (a protocol error).
+                *resp.body_mut() = ResponseBody::full(bytes::Bytes::new());
+            }
+            resp
         }
     };
 
