@@ -504,9 +504,13 @@ fn open_policy(max_keys: usize) -> portcullis::limits::rate::RatePolicy {
         mode: LimitMode::Enforce,
         store: None,
         max_keys,
+        sync: None,
+        lease: None,
+        store_timeout: None,
+        on_store_error: None,
     };
     let metrics = portcullis::telemetry::Metrics::new();
-    RatePolicy::new(&cfg, Arc::new(Buckets::new("bench", &metrics)))
+    RatePolicy::new(&cfg, Arc::new(Buckets::new("bench", &metrics)), None)
 }
 
 fn rss_kib() -> u64 {

@@ -202,11 +202,38 @@ fn status(shared: &Shared) -> String {
         "routes": snap.router.len(),
         "upstreams": upstreams,
         "canary_guards": snap.guards.iter().map(|g| g.status()).collect::<Vec<_>>(),
+        "rate_limits": snap.rate_limits.iter().map(|p| rate_limit_status(p)).collect::<Vec<_>>(),
         "tls_listeners": listeners,
     });
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
     text.push('\n');
     text
+}
+
+/// A rate-limit policy in `/status`: its store and, for a shared store,
+/// whether it answers.
+fn rate_limit_status(p: &crate::limits::rate::RatePolicy) -> serde_json::Value {
+    let Some(shared) = &p.shared else {
+        return serde_json::json!({
+            "name": &*p.name,
+            "store": "local",
+            "keys": p.buckets.live_keys(),
+        });
+    };
+    let store = &shared.store;
+    serde_json::json!({
+        "name": &*p.name,
+        "store": &*store.url,
+        "sync": shared.settings.sync.as_str(),
+        "lease": (shared.settings.sync == crate::config::SyncMode::Batched).then_some(shared.settings.lease),
+        "store_timeout_ms": shared.settings.timeout.as_secs_f64() * 1000.0,
+        "on_store_error": p.on_store_error.as_str(),
+        "store_state": store.state_name(),
+        "store_errors": shared.errors(),
+        "last_error": store.last_error(),
+        // Keys whose fallback bucket (`on_store_error: local`) is in use.
+        "local_keys": p.buckets.live_keys(),
+    })
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -406,12 +406,13 @@ pub fn commands(
             }
         }
     }
-    // Rate limits: a route with a policy, hit a few times more than its burst.
+    // Rate limits: a route with a local policy, hit a few times more than
+    // its burst; then where a shared (Redis) policy is.
     let limited = config.routes.iter().find_map(|r| {
         let policy = config
             .rate_limits
             .iter()
-            .find(|p| Some(&p.name) == r.rate_limit.as_ref())?;
+            .find(|p| Some(&p.name) == r.rate_limit.as_ref() && p.redis_url().is_none())?;
         let path = example_path(&r.matcher)?;
         (r.auth.is_none() && r.matcher.headers.is_empty()).then_some((r, policy, path))
     });
@@ -424,6 +425,29 @@ pub fn commands(
             policy.burst,
             policy.rate,
             policy.burst + 2,
+        ));
+    }
+    for policy in &config.rate_limits {
+        let Some(url) = policy.redis_url() else {
+            continue;
+        };
+        let routes: Vec<&str> = config
+            .routes
+            .iter()
+            .filter(|r| r.rate_limit.as_ref() == Some(&policy.name))
+            .map(|r| r.name.as_str())
+            .collect();
+        out.push_str(&format!(
+            "  # rate limit `{}` (routes: {}) is shared on Redis at {} (sync: {}):\n  \
+             # with no Redis there the log says so and each instance limits on its own;\n  \
+             # start one and `store_state` turns \"up\" within a second\n  \
+             redis-server --port {} --save '' --daemonize yes; sleep 1; curl -s {admin}/status | grep -B4 -A8 '\"{}\"'\n\n",
+            policy.name,
+            routes.join(", "),
+            crate::config::limits::redact_url(url),
+            policy.sync().as_str(),
+            redis_port(url),
+            policy.name,
         ));
     }
     out.push_str(&format!(
@@ -442,6 +466,19 @@ pub fn commands(
 
 /// A path a route serves, for a printed command: its exact `path`, else
 /// [`prefix_example`].
+/// The port of a Redis URL, for the demo's `redis-server` command.
+fn redis_port(url: &str) -> u16 {
+    redis::Client::open(url)
+        .ok()
+        .and_then(|c| match c.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(_, port) | redis::ConnectionAddr::TcpTls { port, .. } => {
+                Some(*port)
+            }
+            _ => None,
+        })
+        .unwrap_or(6379)
+}
+
 fn example_path(m: &crate::config::MatchConfig) -> Option<String> {
     m.path.clone().or_else(|| prefix_example(m))
 }

@@ -68,6 +68,10 @@ pub enum Reject {
         policy: Arc<str>,
         retry_after_secs: u64,
     },
+    /// The policy's shared store (Redis) cannot answer and its
+    /// `on_store_error` is `deny`: our outage, not the client's.
+    #[error("rate limit `{policy}` cannot be checked now: its store is unavailable")]
+    RateLimitUnavailable { policy: Arc<str> },
     /// Shed: the gateway (or the upstream's bulkhead) is at its limit.
     #[error("the gateway is overloaded ({reason}): retry shortly")]
     Overloaded {
@@ -98,7 +102,7 @@ impl std::fmt::Display for UpstreamFailure {
 
 /// Every error code, in a fixed order (the index of a code is used for
 /// per-route metric handle tables).
-pub const CODES: [&str; 14] = [
+pub const CODES: [&str; 15] = [
     "bad_request",
     "no_route",
     "payload_too_large",
@@ -113,6 +117,7 @@ pub const CODES: [&str; 14] = [
     "overloaded",
     "unsupported_version",
     "request_timeout",
+    "rate_limit_unavailable",
 ];
 
 fn unsupported_detail(version: Option<u32>, supported: &[u32]) -> String {
@@ -171,6 +176,7 @@ impl Reject {
             Reject::AuthUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Reject::UpstreamUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Reject::RateLimitUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Reject::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -192,6 +198,7 @@ impl Reject {
             Reject::Overloaded { .. } => 11,
             Reject::UnsupportedVersion { .. } => 12,
             Reject::RequestTimeout { .. } => 13,
+            Reject::RateLimitUnavailable { .. } => 14,
         }
     }
 
@@ -225,7 +232,7 @@ impl Reject {
         if let Some(secs) = self.retry_after() {
             let _ = write!(out, ",\"retry_after\":{secs}");
         }
-        if let Reject::RateLimited { policy, .. } = self {
+        if let Reject::RateLimited { policy, .. } | Reject::RateLimitUnavailable { policy } = self {
             out.push_str(",\"policy\":\"");
             let _ = JsonEscaped(&mut out).write_str(policy);
             out.push('"');
@@ -252,6 +259,8 @@ impl Reject {
             } => Some(*retry_after_secs),
             // Shedding clears within a latency or two; a second is plenty.
             Reject::Overloaded { .. } => Some(OVERLOADED_RETRY_AFTER_SECS),
+            // The store is probed every quarter second.
+            Reject::RateLimitUnavailable { .. } => Some(1),
             _ => None,
         }
     }
@@ -310,6 +319,7 @@ impl Reject {
             }
             Reject::UpstreamUnavailable { .. }
             | Reject::RateLimited { .. }
+            | Reject::RateLimitUnavailable { .. }
             | Reject::Overloaded { .. } => {
                 if let Some(secs) = self.retry_after() {
                     headers.insert(RETRY_AFTER, HeaderValue::from(secs));
@@ -365,6 +375,9 @@ mod tests {
                 supported: vec![1, 2],
             },
             Reject::RequestTimeout { timeout_ms: 10 },
+            Reject::RateLimitUnavailable {
+                policy: Arc::from("p"),
+            },
         ]
     }
 
@@ -391,6 +404,7 @@ mod tests {
                 (503, "overloaded"),
                 (404, "unsupported_version"),
                 (408, "request_timeout"),
+                (503, "rate_limit_unavailable"),
             ]
         );
     }

@@ -5,7 +5,7 @@
 //! | 1 | admit: hop-by-hop headers out, in-flight cap and adaptive limit, request id, head size, request target and `Host`, mTLS subject | `limits::shed`, `proxy`, `limits`, `target` | 503 `overloaded`, 431 `headers_too_large`, 400 `bad_request` |
 //! | 2 | route: API version (path segment, header, `Accept`); host, path, method, headers, version; deprecation headers | `routing::version`, `routing` | 400 `bad_request` (versions disagree), 404 `no_route`, 404 `unsupported_version` |
 //! | 2b | authenticate: bearer token, scopes, forwarded claims; declared body size | `auth`, `limits` | 401 `unauthorized`, 403 `forbidden`, 503 `auth_unavailable`, 400 `bad_request`, 413 `payload_too_large` |
-//! | 2c | rate limit: the route's policy, first key present | `limits::rate`, `client_key` | 429 `rate_limited` |
+//! | 2c | rate limit: the route's policy, first key present; in-process, or shared in Redis (the only step besides 5 that may wait on the network, at most `store_timeout`) | `limits::rate`, `limits::shared`, `client_key` | 429 `rate_limited`, 503 `rate_limit_unavailable` |
 //! | 2d | priority: room kept for more important routes | `limits::shed` | 503 `overloaded` |
 //! | 3 | choose upstream: tester override, sticky or weighted split without the targets the canary guard drained; its bulkhead (`max_in_flight`); the client key for `hash:` balancing | `routing::split`, `limits::shed`, `client_key` | 400 `bad_request`, 503 `overloaded` |
 //! | 4 | rewrite: version segment, `strip_prefix`, header hygiene, `traceparent`, `X-Forwarded-*` | `proxy` | |
@@ -151,7 +151,7 @@ async fn run(
         target,
         key,
         version_segment,
-    } = match admit_and_route(snap, load, conn, &mut req, exchange) {
+    } = match admit_and_route(snap, load, conn, &mut req, exchange).await {
         Ok(x) => x,
         Err(reject) => {
             body::linger(req.into_body());
@@ -200,7 +200,7 @@ struct Chosen {
 
 /// Steps 1–3: load and limits, trace context, route, authentication, rate
 /// limit, upstream.
-fn admit_and_route(
+async fn admit_and_route(
     snap: &Snapshot,
     load: &Load<'_>,
     conn: &ConnInfo,
@@ -267,7 +267,7 @@ fn admit_and_route(
 
     // 2c. rate limit
     if let Some(policy) = &route.rate_limit {
-        policy.admit(&keys, exchange)?;
+        policy.admit(&keys, exchange).await?;
     }
 
     // 2d. priority: take a place among the admitted requests

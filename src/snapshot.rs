@@ -96,6 +96,8 @@ pub struct Snapshot {
     pub versioning: Option<Versioning>,
     /// Every route's canary guard, for `/status`.
     pub guards: Vec<Arc<Guard>>,
+    /// Every rate-limit policy, in config order, for `/status`.
+    pub rate_limits: Vec<Arc<RatePolicy>>,
 }
 
 impl Snapshot {
@@ -179,16 +181,27 @@ impl Snapshot {
                 }
             }
         }
-        let policies: HashMap<&str, Arc<RatePolicy>> = config
-            .rate_limits
-            .iter()
-            .map(|r| {
-                (
-                    r.name.as_str(),
-                    Arc::new(RatePolicy::new(r, state.buckets(&r.name))),
-                )
-            })
-            .collect();
+        let mut policies: HashMap<&str, Arc<RatePolicy>> = HashMap::new();
+        for (i, r) in config.rate_limits.iter().enumerate() {
+            let shared = match r.redis_url() {
+                Some(url) => match state.shared_buckets(r, url) {
+                    Ok(shared) => Some(shared),
+                    Err(e) => {
+                        errors.push(ConfigError {
+                            file: loaded.file.clone(),
+                            pos: Default::default(),
+                            path: format!("rate_limits[{i}].store"),
+                            message: e,
+                        });
+                        None
+                    }
+                },
+                None => None,
+            };
+            let policy = RatePolicy::new(r, state.buckets(&r.name), shared);
+            policies.insert(r.name.as_str(), Arc::new(policy));
+        }
+        state.name_store_users(config);
         let mut providers: HashMap<&str, Arc<JwtProvider>> = HashMap::new();
         let mut claim_headers: Vec<HeaderName> = Vec::new();
         for j in &config.jwt {
@@ -350,6 +363,11 @@ impl Snapshot {
             upstream_header: config.server.upstream_header,
             versioning: config.versioning.as_ref().and_then(Versioning::new),
             guards,
+            rate_limits: config
+                .rate_limits
+                .iter()
+                .filter_map(|r| policies.get(r.name.as_str()).cloned())
+                .collect(),
         })
     }
 }

@@ -20,7 +20,9 @@ use tokio::task::AbortHandle;
 
 use crate::auth::keys::{KeySet, KeySource, KeyStore};
 use crate::limits::rate::Buckets;
+use crate::limits::shared::{Settings, SharedBuckets};
 use crate::limits::shed::Shedder;
+use crate::limits::store::RedisStore;
 use crate::routing::guard::GuardState;
 use crate::snapshot::Snapshot;
 use crate::sync::lock;
@@ -38,6 +40,10 @@ pub struct State {
     /// In-flight count and adaptive limit of the whole gateway.
     pub shedder: Shedder,
     buckets: Mutex<HashMap<String, Arc<Buckets>>>,
+    /// Shared rate-limit stores by URL, each with its probe task.
+    stores: Mutex<HashMap<String, StoreProbe>>,
+    /// Each Redis policy's shared buckets, by policy name.
+    shared_buckets: Mutex<HashMap<String, Arc<SharedBuckets>>>,
     upstream_in_flight: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
     endpoints: Mutex<HashMap<EndpointKey, Arc<Endpoint>>>,
@@ -61,11 +67,27 @@ impl Drop for Checker {
     }
 }
 
+/// A shared store and the task that probes it.
+struct StoreProbe {
+    store: Arc<RedisStore>,
+    task: Option<AbortHandle>,
+}
+
+impl Drop for StoreProbe {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
 impl State {
     pub fn new(metrics: Arc<Metrics>) -> State {
         State {
             shedder: Shedder::new(&metrics),
             buckets: Mutex::default(),
+            stores: Mutex::default(),
+            shared_buckets: Mutex::default(),
             upstream_in_flight: Mutex::default(),
             metrics,
             pools: Mutex::default(),
@@ -143,6 +165,81 @@ impl State {
     /// Every policy's buckets (for the sweep).
     pub fn all_buckets(&self) -> Vec<Arc<Buckets>> {
         lock(&self.buckets).values().cloned().collect()
+    }
+
+    /// Redis policy `c`'s shared buckets on the store at `url`: kept while
+    /// its settings stay the same. Making a store starts its probe, so this
+    /// must run inside Tokio; nothing here waits for Redis.
+    pub fn shared_buckets(
+        &self,
+        c: &crate::config::RateLimitConfig,
+        url: &str,
+    ) -> Result<Arc<SharedBuckets>, String> {
+        let settings = Settings::of(c, url);
+        let mut all = lock(&self.shared_buckets);
+        if let Some(b) = all.get(&c.name) {
+            if b.settings == settings {
+                return Ok(b.clone());
+            }
+        }
+        let store = self.redis_store(url)?;
+        let b = Arc::new(SharedBuckets::new(&c.name, store, settings, &self.metrics));
+        all.insert(c.name.clone(), b.clone());
+        Ok(b)
+    }
+
+    fn redis_store(&self, url: &str) -> Result<Arc<RedisStore>, String> {
+        let mut stores = lock(&self.stores);
+        if let Some(s) = stores.get(url) {
+            return Ok(s.store.clone());
+        }
+        let store = RedisStore::new(url).map_err(|e| {
+            format!(
+                "cannot use Redis store `{}`: {e}",
+                crate::config::limits::redact_url(url)
+            )
+        })?;
+        let task = store.start_probe();
+        stores.insert(
+            url.to_string(),
+            StoreProbe {
+                store: store.clone(),
+                task,
+            },
+        );
+        Ok(store)
+    }
+
+    /// Tells each store which policies use it (for its log lines and
+    /// their `up` gauges).
+    pub fn name_store_users(&self, config: &crate::config::Config) {
+        let stores = lock(&self.stores);
+        for (url, probe) in stores.iter() {
+            let users: Vec<_> = config
+                .rate_limits
+                .iter()
+                .filter(|r| r.redis_url() == Some(url.as_str()))
+                .collect();
+            let names: Vec<_> = users
+                .iter()
+                .map(|r| (r.name.as_str(), r.on_store_error()))
+                .collect();
+            let gauges = users
+                .iter()
+                .map(|r| {
+                    self.metrics.gauge(
+                        crate::telemetry::RATE_LIMIT_STORE_UP,
+                        &[("policy", r.name.as_str())],
+                    )
+                })
+                .collect();
+            probe.store.set_users(&names, gauges);
+        }
+    }
+
+    /// Every Redis policy's shared buckets (for the sweep).
+    pub fn all_shared_buckets(&self) -> Vec<Arc<SharedBuckets>> {
+        lock(&self.shared_buckets).values().cloned().collect()
     }
 
     /// The in-flight count of upstream `name` (its bulkhead).
@@ -266,6 +363,18 @@ impl State {
         lock(&self.budgets).retain(|name, _| with(name, |u| u.retry.is_some()));
         lock(&self.upstream_in_flight).retain(|name, _| upstream(name));
         lock(&self.buckets).retain(|name, _| config.rate_limits.iter().any(|r| r.name == *name));
+        lock(&self.shared_buckets).retain(|name, b| {
+            config
+                .rate_limits
+                .iter()
+                .any(|r| r.name == *name && r.redis_url() == Some(b.settings.url.as_str()))
+        });
+        lock(&self.stores).retain(|url, _| {
+            config
+                .rate_limits
+                .iter()
+                .any(|r| r.redis_url() == Some(url.as_str()))
+        });
         lock(&self.routes)
             .retain(|name, _| name.is_empty() || config.routes.iter().any(|r| r.name == *name));
         lock(&self.key_stores).retain(|name, _| config.jwt.iter().any(|j| j.name == *name));

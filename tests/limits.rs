@@ -337,13 +337,22 @@ async fn critical_traffic_keeps_its_room_when_low_priority_overloads() {
 fn check_reports_limit_problems_with_their_lines() {
     let head = "listeners: [{ name: http, bind: '127.0.0.1:8080' }]\n";
     let tail = "upstreams: [{ name: u, endpoints: ['127.0.0.1:9000'] }]\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: u }\n";
-    let cases: [(&str, &str); 10] = [
+    let cases = [
         ("rate_limits: [{ name: a, key: ip, rate: 0/s, burst: 5 }]\n", "2:41: rate `0/s` must be more than 0"),
         ("rate_limits: [{ name: a, key: ip, rate: 5/d, burst: 5 }]\n", "2:41: invalid rate `5/d`"),
         ("rate_limits: [{ name: a, key: ip, rate: 2000000000/s, burst: 5 }]\n", "2:41: rate `2000000000/s` is too high"),
         ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 0 }]\n", "2:53: must be at least 1"),
         ("rate_limits: [{ name: a, key: [ip, session:x], rate: 5/s, burst: 1 }]\n", "2:31: unknown key `session:x`"),
-        ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 1, store: 'redis://127.0.0.1:6379' }]\n", "2:63: a shared store (Redis) is part of the Portcullis contract but not supported by this build yet"),
+        // Shared stores (issue 9): the URL, and store keys that would be ignored.
+        ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 1, store: 'memcached://h:1' }]\n", "2:63: unknown store `memcached://h:1`: expected `local`, `redis://host:port[/db]` or `rediss://host:port[/db]`"),
+        ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 1, store: 'redis://127.0.0.1:notaport' }]\n", "2:63: invalid Redis URL `redis://127.0.0.1:notaport`"),
+        ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 1, store: 'redis://:hunter2@h:notaport' }]\n", "2:63: invalid Redis URL `redis://:***@h:notaport`"),
+        ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 1, sync: batched }]\n", "2:62: only applies to a shared store: set `store: redis://host:port` or remove it"),
+        ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 5, store: 'redis://h:1', lease: 2 }]\n", "2:85: only applies with `sync: batched`"),
+        ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 5, store: 'redis://h:1', sync: batched, lease: 9 }]\n", "2:100: must be between 1 and the burst (5)"),
+        ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 5, store: 'redis://h:1', store_timeout: 0s }]\n", "2:93: must be between 1ms and 10s"),
+        ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 5, store: 'redis://h:1', on_store_error: maybe }]\n", "2:94: unknown variant `maybe`, expected one of `local`, `allow`, `deny`"),
+        ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 5, store: 'rediss://:pw@h:1/2', sync: batched, lease: 5, store_timeout: 20ms, on_store_error: deny }]\n", ""),
         ("shedding: { max_in_flight: 0 }\n", "2:28: must be between 1 and 10000000"),
         ("shedding: { max_in_flight: 10, min_limit: 20 }\n", "2:43: must be between 1 and `max_in_flight`"),
         ("server: { trusted_proxies: ['10.0.0.0/33'] }\n", "2:29: `10.0.0.0/33` is not an address block"),
@@ -358,6 +367,11 @@ fn check_reports_limit_problems_with_their_lines() {
             assert_check_reports(&text, &[expected]);
         }
     }
+    // A Redis password never reaches the output.
+    let (_, stderr) = check_text(&format!(
+        "{head}rate_limits: [{{ name: a, key: ip, rate: 5/s, burst: 1, store: 'redis://:hunter2@h:notaport' }}]\n{tail}"
+    ));
+    assert!(!stderr.contains("hunter2"), "{stderr}");
     // References and route keys.
     let routes = "rate_limits: [{ name: per-client, key: ip, rate: 5/s, burst: 1 }]\n\
         upstreams: [{ name: u, endpoints: ['127.0.0.1:9000'], max_in_flight: 0 }]\nroutes:\n\

@@ -181,15 +181,21 @@ fn diff_values(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut V
         (o, n) => out.push(format!(
             "{}: {} → {}",
             if path.is_empty() { "value" } else { path },
-            show(o),
-            show(n)
+            show(path, o),
+            show(path, n)
         )),
     }
 }
 
-fn show(v: Option<&Value>) -> String {
+/// A value for a log line: secrets (after `${ENV}` expansion they are
+/// plain text here) never are.
+fn show(path: &str, v: Option<&Value>) -> String {
     match v {
         None => "(unset)".into(),
+        Some(_) if path == "secret" || path.ends_with(".secret") => "(secret)".into(),
+        Some(Value::String(s)) if s.starts_with("redis://") || s.starts_with("rediss://") => {
+            super::limits::redact_url(s)
+        }
         Some(Value::String(s)) => s.clone(),
         Some(other) => {
             let text = other.to_string();
@@ -242,6 +248,25 @@ mod tests {
                 "- upstream `gone`",
                 "~ upstream `a`: balance: (unset) → least_requests; endpoints: [\"1:1\"] → [\"1:1\",\"3:3\"]",
                 "+ upstream `fresh`",
+            ]
+        );
+    }
+
+    #[test]
+    fn secrets_and_redis_passwords_never_reach_the_diff() {
+        let old = json!({
+            "jwt": [{"name": "j", "secret": "old-hmac-secret"}],
+            "rate_limits": [{"name": "p", "store": "redis://:old-pw@10.0.0.1:6379/0"}],
+        });
+        let new = json!({
+            "jwt": [{"name": "j", "secret": "new-hmac-secret"}],
+            "rate_limits": [{"name": "p", "store": "rediss://app:new-pw@10.0.0.2:6380/1"}],
+        });
+        assert_eq!(
+            lines(old, new),
+            [
+                "~ jwt `j`: secret: (secret) → (secret)",
+                "~ rate_limit `p`: store: redis://:***@10.0.0.1:6379/0 → rediss://app:***@10.0.0.2:6380/1",
             ]
         );
     }

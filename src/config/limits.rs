@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::resilience::KeySpec;
 use super::validate::Report;
+use super::Dur;
 
 /// A rate written `<count>/<unit>`: `100/s`, `600/m`, `10000/h`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -123,12 +124,124 @@ pub struct RateLimitConfig {
     pub burst: u32,
     #[serde(default)]
     pub mode: LimitMode,
-    /// `local` (the default); shared stores come with their own issue.
+    /// `local` (the default, in-process) or a Redis URL
+    /// (`redis://[:password@]host:port[/db]`, `rediss://` for TLS) whose
+    /// buckets every instance with the same policy name shares.
     #[serde(default)]
     pub store: Option<String>,
     /// Live keys before new ones share one overflow bucket.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// With a Redis store: every check in Redis, or leases served locally.
+    /// The four store keys are `None` when unset, so `check` can refuse
+    /// them on a local policy rather than ignore them.
+    #[serde(default)]
+    pub sync: Option<SyncMode>,
+    /// `sync: batched`: tokens an instance takes from Redis at a time.
+    #[serde(default)]
+    pub lease: Option<u32>,
+    /// The longest wait for Redis on one check.
+    #[serde(default)]
+    pub store_timeout: Option<Dur>,
+    /// What a check does when Redis cannot answer.
+    #[serde(default)]
+    pub on_store_error: Option<OnStoreError>,
+}
+
+/// `rate_limits[].sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// One atomic script in Redis per check: the fleet admits exactly what
+    /// one bucket would.
+    #[default]
+    Exact,
+    /// Tokens leased from Redis in batches and served locally: fewer Redis
+    /// calls, at most `instances × lease` admitted beyond the limit.
+    Batched,
+}
+
+impl SyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Exact => "exact",
+            SyncMode::Batched => "batched",
+        }
+    }
+}
+
+/// `rate_limits[].on_store_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Decide with this instance's own bucket.
+    #[default]
+    Local,
+    /// Let the request through.
+    Allow,
+    /// Refuse: 503 `rate_limit_unavailable`.
+    Deny,
+}
+
+impl OnStoreError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnStoreError::Local => "local",
+            OnStoreError::Allow => "allow",
+            OnStoreError::Deny => "deny",
+        }
+    }
+}
+
+/// Default `store_timeout`: a Redis round trip on a LAN is well under a
+/// millisecond; 5 ms leaves room for a busy server without letting an
+/// outage add more than that to a request.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(5);
+
+impl RateLimitConfig {
+    /// The Redis URL, when the policy has a shared store.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.store
+            .as_deref()
+            .filter(|s| s.starts_with("redis://") || s.starts_with("rediss://"))
+    }
+
+    pub fn sync(&self) -> SyncMode {
+        self.sync.unwrap_or_default()
+    }
+
+    /// Tokens per lease: as set, else a tenth of the burst (1 to 1000).
+    pub fn lease(&self) -> u32 {
+        self.lease.unwrap_or((self.burst / 10).clamp(1, 1000))
+    }
+
+    pub fn store_timeout(&self) -> Duration {
+        self.store_timeout.map_or(DEFAULT_STORE_TIMEOUT, |d| d.0)
+    }
+
+    pub fn on_store_error(&self) -> OnStoreError {
+        self.on_store_error.unwrap_or_default()
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`: URLs go to logs,
+/// `/status` and metrics without their password.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &rest[..at];
+    let user = match userinfo.split_once(':') {
+        Some((user, _)) => user,
+        // redis-rs reads `redis://secret@host` as a user name; still a
+        // secret often enough to hide.
+        None => "",
+    };
+    format!("{scheme}://{user}:***{}", &rest[at..])
 }
 
 fn default_max_keys() -> usize {
@@ -253,16 +366,75 @@ pub fn validate_rate_limit(r: &RateLimitConfig, path: &str, report: &mut Report<
     }
     match r.store.as_deref() {
         None | Some("local") => {}
-        Some(s) if s.starts_with("redis://") || s.starts_with("rediss://") => report(
-            &format!("{path}.store"),
-            false,
-            "a shared store (Redis) is part of the Portcullis contract but not supported by this build yet; use `local`".into(),
-        ),
+        Some(url) if r.redis_url().is_some() => {
+            if let Err(e) = redis::Client::open(url) {
+                report(
+                    &format!("{path}.store"),
+                    false,
+                    format!(
+                        "invalid Redis URL `{}`: {e}; expected `redis://[:password@]host:port[/db]` or `rediss://...`",
+                        redact_url(url)
+                    ),
+                );
+            }
+        }
         Some(s) => report(
             &format!("{path}.store"),
             false,
-            format!("unknown store `{s}`: expected `local`"),
+            format!(
+                "unknown store `{}`: expected `local`, `redis://host:port[/db]` or `rediss://host:port[/db]`",
+                redact_url(s)
+            ),
         ),
+    }
+    validate_store_keys(r, path, report);
+}
+
+/// The keys that only mean something with a Redis store.
+fn validate_store_keys(r: &RateLimitConfig, path: &str, report: &mut Report<'_>) {
+    if r.redis_url().is_none() {
+        let set = [
+            ("sync", r.sync.is_some()),
+            ("lease", r.lease.is_some()),
+            ("store_timeout", r.store_timeout.is_some()),
+            ("on_store_error", r.on_store_error.is_some()),
+        ];
+        for (key, _) in set.iter().filter(|(_, set)| *set) {
+            report(
+                &format!("{path}.{key}"),
+                false,
+                "only applies to a shared store: set `store: redis://host:port` or remove it"
+                    .into(),
+            );
+        }
+        return;
+    }
+    if let Some(lease) = r.lease {
+        if r.sync() != SyncMode::Batched {
+            report(
+                &format!("{path}.lease"),
+                false,
+                "only applies with `sync: batched`".into(),
+            );
+        } else if lease == 0 || lease > r.burst {
+            report(
+                &format!("{path}.lease"),
+                false,
+                format!(
+                    "must be between 1 and the burst ({}): a lease is part of one bucket",
+                    r.burst
+                ),
+            );
+        }
+    }
+    if let Some(t) = r.store_timeout {
+        if t.0 < Duration::from_millis(1) || t.0 > Duration::from_secs(10) {
+            report(
+                &format!("{path}.store_timeout"),
+                false,
+                "must be between 1ms and 10s (a rate-limit check waits this long at most)".into(),
+            );
+        }
     }
 }
 
@@ -321,6 +493,20 @@ mod tests {
             .contains("8.8.8.8".parse().unwrap()));
         for bad in ["10.0.0.0/33", "10.0.0/8", "host/8", "::/129"] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redis_urls_lose_their_password() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("redis://:s3cret@h:6379", "redis://:***@h:6379"),
+            ("rediss://app:s3cret@h:6380/2", "rediss://app:***@h:6380/2"),
+            ("redis://s3cret@h", "redis://:***@h"),
+            ("redis://:p@ss@h/0", "redis://:***@h/0"),
+            ("local", "local"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
         }
     }
 }

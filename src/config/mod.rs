@@ -21,7 +21,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-pub use limits::{Cidr, KeyList, LimitMode, Priority, Rate, RateLimitConfig, SheddingConfig};
+pub use limits::{
+    Cidr, KeyList, LimitMode, OnStoreError, Priority, Rate, RateLimitConfig, SheddingConfig,
+    SyncMode,
+};
 pub use resilience::{
     Balance, CircuitBreakerConfig, HealthCheckConfig, KeySpec, OutcomeName, OutlierConfig,
     RetryConfig, StatusRange,

@@ -4,7 +4,9 @@
 //! (see [`crate::body::RequestBody`]).
 
 pub mod rate;
+pub mod shared;
 pub mod shed;
+pub mod store;
 
 use http::Request;
 

@@ -12,6 +12,10 @@
 //! Memory is bounded: a sweep removes keys whose bucket is full again (they
 //! would start full anyway), and past `max_keys` live keys new keys share
 //! one overflow bucket, so a flood of random keys is limited as one client.
+//!
+//! With `store: redis://…` the decision comes from the shared store
+//! ([`super::shared`]); these in-process buckets then serve
+//! `on_store_error: local` while the store cannot answer.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,9 +25,10 @@ use dashmap::DashMap;
 use http::HeaderValue;
 use metrics::{Counter, Gauge};
 
+use super::shared::SharedBuckets;
 use crate::client_key::{ClientKey, KeySource};
 use crate::clock::Clock;
-use crate::config::{LimitMode, RateLimitConfig};
+use crate::config::{LimitMode, OnStoreError, RateLimitConfig};
 use crate::error::Reject;
 use crate::telemetry::{Exchange, Metrics, RATE_LIMITED_TOTAL, RATE_LIMIT_KEYS};
 
@@ -44,11 +49,20 @@ pub struct RatePolicy {
     max_keys: usize,
     /// `RateLimit-Policy` for every response of a limited route.
     pub policy_header: HeaderValue,
+    /// In-process buckets: the store with `store: local`, the fallback
+    /// with a shared store.
     pub buckets: Arc<Buckets>,
+    /// The shared store's buckets (`store: redis://…`).
+    pub shared: Option<Arc<SharedBuckets>>,
+    pub on_store_error: OnStoreError,
 }
 
 impl RatePolicy {
-    pub fn new(c: &RateLimitConfig, buckets: Arc<Buckets>) -> RatePolicy {
+    pub fn new(
+        c: &RateLimitConfig,
+        buckets: Arc<Buckets>,
+        shared: Option<Arc<SharedBuckets>>,
+    ) -> RatePolicy {
         let interval_ns = (1e9 / c.rate.per_second()).round().max(1.0) as u64;
         let burst = u64::from(c.burst);
         // q: the burst; w: seconds to refill it from empty.
@@ -66,14 +80,37 @@ impl RatePolicy {
             max_keys: c.max_keys,
             policy_header,
             buckets,
+            shared,
+            on_store_error: c.on_store_error(),
         }
     }
 
     /// Takes one token for `key` (bytes of the first key present; empty
-    /// when the request has none of them).
+    /// when the request has none of them) from the in-process buckets.
     pub fn check(&self, key: &[u8]) -> Decision {
         self.buckets
             .check(key, self.interval_ns, self.burst, self.max_keys)
+    }
+
+    /// Takes one token for `key` from the policy's store. `None`: the
+    /// shared store could not answer and `on_store_error: allow` lets the
+    /// request through undecided. A refusal of `deny` is a 503.
+    async fn decide(&self, key: &[u8]) -> Result<Option<Decision>, Reject> {
+        let Some(shared) = &self.shared else {
+            return Ok(Some(self.check(key)));
+        };
+        match shared.check(key, self.max_keys).await {
+            Ok(decision) => Ok(Some(decision)),
+            Err(_) => match self.on_store_error {
+                OnStoreError::Local => Ok(Some(self.check(key))),
+                OnStoreError::Allow => Ok(None),
+                // Shadow mode refuses nothing, store outages included.
+                OnStoreError::Deny if self.mode == LimitMode::Shadow => Ok(None),
+                OnStoreError::Deny => Err(Reject::RateLimitUnavailable {
+                    policy: self.name.clone(),
+                }),
+            },
+        }
     }
 
     /// Step 2c: charges the request to its key's bucket. Enforced, an empty
@@ -82,9 +119,12 @@ impl RatePolicy {
     /// and marked for the access log. Requests with none of the keys share
     /// one bucket (the empty key), so leaving a header out is no way around
     /// the limit.
-    pub fn admit(&self, keys: &KeySource<'_>, exchange: &mut Exchange) -> Result<(), Reject> {
+    pub async fn admit(&self, keys: &KeySource<'_>, exchange: &mut Exchange) -> Result<(), Reject> {
         let key = self.keys.iter().find_map(|k| k.read(keys));
-        let decision = self.check(key.as_ref().map_or(&b""[..], |k| k.as_bytes()));
+        let key = key.as_ref().map_or(&b""[..], |k| k.as_bytes());
+        let Some(decision) = self.decide(key).await? else {
+            return Ok(());
+        };
         let enforce = self.mode == LimitMode::Enforce;
         if enforce {
             exchange.rate_headers = decision
@@ -230,6 +270,9 @@ pub async fn sweep_forever(shared: Arc<crate::Shared>, every: Duration) {
         tick.tick().await;
         for buckets in shared.state.all_buckets() {
             // Off the event loop: a million keys take a few tens of ms.
+            let _ = tokio::task::spawn_blocking(move || buckets.sweep()).await;
+        }
+        for buckets in shared.state.all_shared_buckets() {
             let _ = tokio::task::spawn_blocking(move || buckets.sweep()).await;
         }
     }

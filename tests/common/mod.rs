@@ -599,6 +599,7 @@ pub async fn spawn_tls_upstream(name: &'static str, pair: &PemPair) -> Upstream 
     Upstream { addr, name, seen }
 }
 pub mod jwt;
+pub mod redis;
 
 /// Runs `portcullis check` on `text` (written to a fresh file): the exit
 /// code and stderr, with the file's path shown as `FILE`.
