@@ -56,6 +56,44 @@
 #              with the same requests to the single-upstream route
 #              ("Portcullis, no split"), so the ratio table is the sticky
 #              split's cost. Issue 6's target: at least 0.97x.
+#   redis      (not in the default) shared rate limits (issue 9): one
+#              Portcullis process with three routes, each with one policy
+#              that never refuses (key header:x-api-key, rate 1e8/s, burst
+#              1e8; the fixed `x-api-key` of `ratelimit`): /rl-local on the
+#              in-process store, /rl-exact on Redis `sync: exact` (one
+#              EVALSHA per request) and /rl-batched on Redis `sync: batched`
+#              with `lease: 100`. Lease 100 and not the default (burst/10
+#              clamped to 1000, so 1000 here): 100 is a size a real fleet
+#              would pick (its overshoot bound is instances x lease, 10
+#              instances x 100 = 1000 tokens over a window), and at this
+#              rate it still means hundreds of script calls a second, so
+#              the run measures the lease refills rather than a mode that
+#              almost never talks to Redis. Rounds alternate local / exact
+#              / batched, so the ratios come from one run. A private
+#              redis-server (no persistence) runs on a free port on
+#              LOAD_CORE with wrk and the upstream: Redis is part of the
+#              load side, the proxy keeps its core. Per route: req/s, p50,
+#              p99, the gateway's CPU per request, Redis commands per
+#              request from INFO commandstats (the script's own INFO calls
+#              left out): those the gateway sends (script calls, PING and
+#              connection set-up), and all of them, with the calls a Lua
+#              script makes inside Redis (commandstats counts those too:
+#              TIME, GET, SET... per EVALSHA), the gateway's store calls per
+#              request
+#              (portcullis_rate_limit_store_calls_total) and Redis's CPU
+#              per request (INFO cpu). The runs start when every Redis
+#              policy is `up` in the admin /status; checks that fell back
+#              to the local store during a run (portcullis_rate_limit_
+#              store_errors_total) are printed, and more than 5% of the
+#              run's requests aborts the script. store_timeout is
+#              REDIS_STORE_TIMEOUT (default 5ms, the product's default):
+#              the gateway times a check on its own event loop, so at full
+#              load its queueing counts too and a few answers arrive late
+#              (each such check falls back alone; 10 in a row mark the
+#              store down). Issue 9's target:
+#              batched at least 0.9x the local store's req/s. Needs
+#              redis-server and redis-cli (apt-get install redis-server, or
+#              --install); without them the scenario is skipped.
 #   The hyper baseline has no TLS: it runs in `http` only. The TLS scenarios
 #   use one self-signed ECDSA P-256 certificate (SAN localhost, 127.0.0.1),
 #   made with openssl in the temp dir, for every proxy: TLS 1.2 and 1.3,
@@ -66,12 +104,13 @@
 # Usage:
 #   benches/load.sh              3 rounds of 10 s per proxy and scenario (after a 2 s warm-up each)
 #   benches/load.sh --quick      1 round of 3 s (smoke test)
-#   benches/load.sh --install    apt-get install wrk, nginx-light, haproxy and openssl first
+#   benches/load.sh --install    apt-get install wrk, nginx-light, haproxy, openssl and redis-server first
 #   benches/load.sh --no-build   use target/release/portcullis and the newest
 #                                target/release/deps/baseline_proxy-* as they are
 #   SCENARIOS=handshake benches/load.sh --quick   one scenario only
 #   SCENARIOS="http ratelimit flood" benches/load.sh --no-build   rate limits (issue 5)
 #   SCENARIOS=canary PROXIES=portcullis benches/load.sh --no-build   sticky canary split (issue 6)
+#   SCENARIOS="http redis" PROXIES=portcullis benches/load.sh --no-build   rate limits on Redis (issue 9)
 #
 # Environment (all optional):
 #   DURATION=10s   measured time per run (wrk -d syntax: 5s, 1m)
@@ -80,8 +119,9 @@
 #   CONNS=64       wrk connections (http, https)
 #   CONNS_HANDSHAKE=16   wrk connections in the handshake scenario
 #   SCENARIOS="http https handshake jwt"   which scenarios, in this order
-#                  (also: resume, ratelimit, flood, canary)
+#                  (also: resume, ratelimit, flood, canary, redis)
 #   FLOOD_PCT=90   flood: percent of requests with the hot (refused) key
+#   REDIS_STORE_TIMEOUT=5ms   redis: store_timeout of the two Redis policies
 #   PROXIES="baseline portcullis nginx haproxy"   which proxies, in round order
 #   UPSTREAM=nginx|backend   the upstream: NGINX `return 200` with a fixed
 #                  285-byte JSON body (default when nginx is installed), or
@@ -122,6 +162,7 @@ CONNS=${CONNS:-64}
 CONNS_HANDSHAKE=${CONNS_HANDSHAKE:-16}
 SCENARIOS=${SCENARIOS:-http https handshake jwt}
 FLOOD_PCT=${FLOOD_PCT:-90}
+REDIS_STORE_TIMEOUT=${REDIS_STORE_TIMEOUT:-5ms}
 PROXIES=${PROXIES:-baseline portcullis nginx haproxy}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
@@ -132,19 +173,20 @@ BASE_PORT=${BASE_PORT:-18600}
 [[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer, got '$CONNS'"
 [[ $CONNS_HANDSHAKE =~ ^[1-9][0-9]*$ ]] || die "CONNS_HANDSHAKE must be a positive integer, got '$CONNS_HANDSHAKE'"
 if [[ ! $FLOOD_PCT =~ ^[0-9]+$ ]] || (( FLOOD_PCT > 100 )); then die "FLOOD_PCT must be an integer 0-100, got '$FLOOD_PCT'"; fi
+[[ $REDIS_STORE_TIMEOUT =~ ^[0-9]+(ms|s)$ ]] || die "REDIS_STORE_TIMEOUT must look like 5ms or 1s, got '$REDIS_STORE_TIMEOUT'"
 scenarios=()
 for sc in $SCENARIOS; do
     case "$sc" in
-        http|https|handshake|resume|jwt|ratelimit|flood|canary) [[ " ${scenarios[*]} " == *" $sc "* ]] || scenarios+=("$sc") ;;
-        *) die "unknown scenario '$sc' in SCENARIOS (http, https, handshake, resume, jwt, ratelimit, flood, canary)" ;;
+        http|https|handshake|resume|jwt|ratelimit|flood|canary|redis) [[ " ${scenarios[*]} " == *" $sc "* ]] || scenarios+=("$sc") ;;
+        *) die "unknown scenario '$sc' in SCENARIOS (http, https, handshake, resume, jwt, ratelimit, flood, canary, redis)" ;;
     esac
 done
-(( ${#scenarios[@]} > 0 )) || die "SCENARIOS is empty (http, https, handshake, resume, jwt, ratelimit, flood, canary)"
+(( ${#scenarios[@]} > 0 )) || die "SCENARIOS is empty (http, https, handshake, resume, jwt, ratelimit, flood, canary, redis)"
 # TLS=1 when a scenario needs the proxies' TLS listeners.
 TLS=0 HAS_HTTP=0
-JWT=0 RL=0 CANARY=0
+JWT=0 RL=0 CANARY=0 REDIS=0
 for sc in "${scenarios[@]}"; do
-    case "$sc" in http) HAS_HTTP=1 ;; jwt) JWT=1 ;; ratelimit|flood) RL=1 ;; canary) CANARY=1 ;; *) TLS=1 ;; esac
+    case "$sc" in http) HAS_HTTP=1 ;; jwt) JWT=1 ;; ratelimit|flood) RL=1 ;; canary) CANARY=1 ;; redis) REDIS=1 ;; *) TLS=1 ;; esac
 done
 # wrk duration -> seconds, for time bounds.
 secs() {
@@ -166,14 +208,28 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [[ $INSTALL == 1 ]]; then
     [[ $(id -u) == 0 ]] || die "--install needs root (apt-get)"
     apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx-light haproxy openssl \
-        || DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx haproxy openssl
+    DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx-light haproxy openssl redis-server \
+        || DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx haproxy openssl redis-server
 fi
 command -v wrk >/dev/null || die "wrk is required: apt-get install wrk (or run with --install)"
 if (( TLS )); then
     command -v openssl >/dev/null || die "the TLS scenarios need openssl (apt-get install openssl), or set SCENARIOS=http"
 fi
 command -v taskset >/dev/null || die "taskset is required (util-linux)"
+# redis: a private redis-server, and redis-cli (redis-tools, which the
+# Debian redis-server package pulls in) to read its INFO.
+if (( REDIS )); then
+    missing=""
+    for t in redis-server redis-cli; do command -v "$t" >/dev/null || missing+=" $t"; done
+    if [[ -n $missing ]]; then
+        note "skipping the redis scenario: not installed:$missing (apt-get install redis-server, or --install)"
+        REDIS=0
+        keep=()
+        for sc in "${scenarios[@]}"; do [[ $sc == redis ]] || keep+=("$sc"); done
+        scenarios=("${keep[@]}")
+        (( ${#scenarios[@]} > 0 )) || die "no scenario left to run"
+    fi
+fi
 NCPU=$(nproc)
 (( PROXY_CORE < NCPU && LOAD_CORE < NCPU )) || die "cores $PROXY_CORE/$LOAD_CORE do not exist (nproc=$NCPU)"
 (( NCPU >= 2 )) || note "only $NCPU core: proxy and load generator share it; numbers mean little"
@@ -303,6 +359,7 @@ take_port PC_ADMIN
 take_port NG_PORT
 take_port HA_PORT
 take_port BL_PORT
+(( REDIS )) && take_port REDIS_PORT
 if (( TLS )); then
     take_port PC_TLS_PORT
     take_port NG_TLS_PORT
@@ -595,7 +652,7 @@ fi
 # so request() only picks one: FLOOD_PCT of every 100 carry the hot key,
 # spread evenly, the others go through 1000 keys in turn, each of which
 # then sees a few requests a second, far under its 100/s.
-PC_RL_POLICIES="" PC_RL_ROUTES=""
+PC_RL_POLICIES="" PC_RL_ITEMS="" PC_RL_ROUTES=""
 RL_KEY_HEADER="x-api-key: bench-client"
 if (( RL )); then
     mkdir -p "$TMP/rl"
@@ -619,8 +676,7 @@ function request()
   return cold[c]
 end
 EOF
-    PC_RL_POLICIES="
-rate_limits:
+    PC_RL_ITEMS="
   - name: bench-open
     key: header:x-api-key
     rate: 100000000/s
@@ -641,6 +697,52 @@ rate_limits:
     upstream: up
     rate_limit: bench-flood"
 fi
+
+# The redis scenario: three policies that never refuse (as bench-open), one
+# on the local store and two on the private Redis (exact, and batched with
+# a lease of 100: see the header), each on its own route. on_store_error
+# local: a check that fails falls back to the local bucket, so each run
+# checks that portcullis_rate_limit_store_errors_total did not grow.
+REDIS_URL="" REDIS_LEASE=100
+declare -A RL_POLICY=()
+if (( REDIS )); then
+    REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+    RL_POLICY[local]=bench-store-local RL_POLICY[exact]=bench-redis-exact RL_POLICY[batched]=bench-redis-batched
+    PC_RL_ITEMS+="
+  - name: ${RL_POLICY[local]}
+    key: header:x-api-key
+    rate: 100000000/s
+    burst: 100000000
+    store: local
+  - name: ${RL_POLICY[exact]}
+    key: header:x-api-key
+    rate: 100000000/s
+    burst: 100000000
+    store: $REDIS_URL
+    sync: exact
+    store_timeout: $REDIS_STORE_TIMEOUT
+    on_store_error: local
+  - name: ${RL_POLICY[batched]}
+    key: header:x-api-key
+    rate: 100000000/s
+    burst: 100000000
+    store: $REDIS_URL
+    sync: batched
+    lease: $REDIS_LEASE
+    store_timeout: $REDIS_STORE_TIMEOUT
+    on_store_error: local"
+    for v in local exact batched; do
+        PC_RL_ROUTES+="
+  - name: rl-$v
+    match:
+      path_prefix: /rl-$v
+    upstream: up
+    rate_limit: ${RL_POLICY[$v]}"
+    done
+fi
+# One rate_limits key for the policies of both blocks.
+[[ -n $PC_RL_ITEMS ]] && PC_RL_POLICIES="
+rate_limits:$PC_RL_ITEMS"
 
 # The canary scenario: a second upstream on the same backend, a route that
 # splits 95/5 between the two by a sticky x-user key, and the wrk script
@@ -762,6 +864,23 @@ fi
 UP_PID=$STARTED_PID
 wait_ready upstream "$UP_PORT" "$UP_PID" "$TMP/upstream/out.log"
 
+# redis: the private Redis, on the load core, before the gateway (which
+# would start without it, its Redis policies `connecting`, then `down`).
+REDIS_PID=""
+redis_cli() { timeout 5 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@" 2>&1 | tr -d '\r'; }
+if (( REDIS )) && [[ " ${selected[*]} " == *" portcullis "* ]]; then
+    mkdir -p "$TMP/redis"
+    start redis "$LOAD_CORE" "$TMP/redis/out.log" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
+        --save "" --appendonly no --dir "$TMP/redis" --logfile ""
+    REDIS_PID=$STARTED_PID
+    for _ in $(seq 1 100); do
+        kill -0 "$REDIS_PID" 2>/dev/null || { note "redis-server exited at start; its log:"; tail -20 "$TMP/redis/out.log" >&2; exit 1; }
+        [[ $(redis_cli PING) == PONG ]] && break
+        sleep 0.1
+    done
+    [[ $(redis_cli PING) == PONG ]] || { note "redis-server not answering PING on 127.0.0.1:$REDIS_PORT after 10 s; its log:"; tail -20 "$TMP/redis/out.log" >&2; exit 1; }
+fi
+
 declare -A PID PORT TLS_PORT LABEL
 LABEL[portcullis]=Portcullis; LABEL[nginx]=NGINX; LABEL[haproxy]=HAProxy; LABEL[baseline]="hyper baseline"
 for p in "${selected[@]}"; do
@@ -806,6 +925,48 @@ if (( RL )) && [[ -n ${PID[portcullis]:-} ]]; then
         exit 1
     fi
 fi
+# redis: the three routes are the same Portcullis process, measured in turn.
+# A Redis policy is `connecting` until its store's first probe answers: the
+# runs wait until every one is `up` in the admin /status (jq reads it; without
+# jq, the store_up gauge of /metrics stands in for it).
+store_state() {  # store_state POLICY: up, down, connecting, or empty when not reported
+    local st=""
+    if command -v jq >/dev/null; then
+        st=$(http_get "$PC_ADMIN" /status | sed '1,/^$/d' \
+            | jq -r --arg n "$1" '.rate_limits[]? | select(.name == $n) | .store_state // empty' 2>/dev/null || true)
+    else
+        st=$(http_get "$PC_ADMIN" /metrics | awk -v k="portcullis_rate_limit_store_up{policy=\"$1\"" \
+            'index($0, k) == 1 { print ($NF + 0 == 1 ? "up" : "down"); exit }' || true)
+    fi
+    echo "$st"
+}
+if (( REDIS )) && [[ -n ${PID[portcullis]:-} ]]; then
+    LABEL[local]="Portcullis, local store"; LABEL[exact]="Portcullis, Redis exact"; LABEL[batched]="Portcullis, Redis batched"
+    for v in local exact batched; do PID[$v]=${PID[portcullis]}; PORT[$v]=$PC_PORT; done
+    for v in exact batched; do
+        st=""
+        for _ in $(seq 1 150); do
+            st=$(store_state "${RL_POLICY[$v]}")
+            [[ $st == up ]] && break
+            kill -0 "${PID[portcullis]}" 2>/dev/null || { note "Portcullis exited; its log:"; tail -20 "$TMP/portcullis/out.log" >&2; exit 1; }
+            sleep 0.1
+        done
+        if [[ $st != up ]]; then
+            note "the Redis store of policy ${RL_POLICY[$v]} is not up after 15 s (store_state: '${st:-not reported}'; Redis on 127.0.0.1:$REDIS_PORT answers $(redis_cli PING)); the gateway's log:"
+            tail -20 "$TMP/portcullis/out.log" >&2
+            exit 1
+        fi
+    done
+    # Each policy is in force on its route: the answer carries its RateLimit-Policy.
+    for v in local exact batched; do
+        rl_head=$(http_get "$PC_PORT" "/rl-$v/bench" "$RL_KEY_HEADER" | sed '/^$/q')
+        if [[ $rl_head != "HTTP/1.1 200"* ]] || ! grep -qi "^ratelimit-policy: \"${RL_POLICY[$v]}\"" <<<"$rl_head"; then
+            note "the route /rl-$v does not answer 200 with RateLimit-Policy \"${RL_POLICY[$v]}\":"
+            echo "$rl_head" >&2
+            exit 1
+        fi
+    done
+fi
 # The proxies with a TLS listener: all but the hyper baseline.
 tls_selected=()
 if (( TLS )); then
@@ -835,6 +996,9 @@ echo "versions: $ver_pc$ver_hyper, nginx $ver_nginx, haproxy $ver_haproxy, $(wrk
 echo "setup: proxies on core $PROXY_CORE (1 worker each); wrk -t1 -c$CONNS and upstream on core $LOAD_CORE"
 echo "upstream: $UP_DESC"
 echo "scenarios: ${scenarios[*]}"
+if [[ -n $REDIS_PID ]]; then
+    echo "redis: redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on 127.0.0.1:$REDIS_PORT, core $LOAD_CORE (with wrk and the upstream), no persistence; policies rate 1e8/s burst 1e8 on store local, $REDIS_URL sync exact, and sync batched lease $REDIS_LEASE (store_timeout $REDIS_STORE_TIMEOUT, on_store_error local)"
+fi
 if (( TLS )) && (( ${#tls_selected[@]} > 0 )); then
     echo "tls: one self-signed ECDSA P-256 certificate for all (SAN localhost, 127.0.0.1); TLS 1.2 + 1.3; session cache and tickets on; wrk to https://$TLS_HOST (SNI $TLS_HOST); the hyper baseline has no TLS (skipped in the TLS scenarios)"
     echo "tls: what wrk's OpenSSL ($(openssl version | awk '{print $1, $2}')) negotiates with each proxy:"
@@ -893,7 +1057,9 @@ SC_TITLE[jwt]="plain HTTP/1.1 keep-alive to a JWT-protected route (wrk -t1 -c$CO
 SC_TITLE[ratelimit]="plain HTTP/1.1 keep-alive with '$RL_KEY_HEADER' to a route whose rate-limit policy never refuses (rate 1e8/s, burst 1e8), rounds alternating with the policy-free route (wrk -t1 -c$CONNS; Portcullis only)"
 SC_TITLE[flood]="plain HTTP/1.1 keep-alive to a route limited to 100/s, burst 100 per x-api-key: $FLOOD_PCT% of requests with one hot key (429), the rest with 1000 keys in turn (proxied) (wrk -t1 -c$CONNS; Portcullis only)"
 SC_TITLE[canary]="plain HTTP/1.1 keep-alive to a route splitting 95/5 by a sticky x-user key (1000 keys in turn), rounds alternating with the same requests to the single-upstream route (wrk -t1 -c$CONNS; Portcullis only)"
+SC_TITLE[redis]="plain HTTP/1.1 keep-alive with '$RL_KEY_HEADER' to three routes of one Portcullis, each with a policy that never refuses (rate 1e8/s, burst 1e8): store local, Redis sync exact, Redis sync batched (lease $REDIS_LEASE); rounds alternate the three (wrk -t1 -c$CONNS; Redis on core $LOAD_CORE; Portcullis only)"
 SC_RATE[canary]="req/s"; SC_UNIT[canary]="µs/req"
+SC_RATE[redis]="req/s"; SC_UNIT[redis]="µs/req"
 SC_RATE[jwt]="req/s"; SC_UNIT[jwt]="µs/req"
 SC_RATE[ratelimit]="req/s"; SC_UNIT[ratelimit]="µs/req"
 SC_RATE[flood]="req/s"; SC_UNIT[flood]="µs/req"
@@ -910,6 +1076,7 @@ run_one() {  # run_one scenario proxy round
         ratelimit) conns=$CONNS hdr=(-H "$RL_KEY_HEADER")
              if [[ $p == plain ]]; then url="http://127.0.0.1:${PORT[$p]}$URL_PATH"
              else url="http://127.0.0.1:${PORT[$p]}/rl/bench"; fi ;;
+        redis) conns=$CONNS hdr=(-H "$RL_KEY_HEADER") url="http://127.0.0.1:${PORT[$p]}/rl-$p/bench" ;;
         canary) conns=$CONNS hdr=(-s "$TMP/canary/users.lua")
              if [[ $p == plain ]]; then url="http://127.0.0.1:${PORT[$p]}$URL_PATH"
              else url="http://127.0.0.1:${PORT[$p]}/canary/bench"; fi ;;
@@ -922,6 +1089,9 @@ run_one() {  # run_one scenario proxy round
     WRK_PRELOAD=""
     [[ $sc == handshake ]] && WRK_PRELOAD=$NORESUME_SO
     kill -0 "$pid" 2>/dev/null || { note "${LABEL[$p]} died before round $r; its log:"; tail -20 "$TMP/$p/out.log" >&2; exit 1; }
+    # redis: the gateway's counters before the warm-up too (checks that fell
+    # back during the warm-up are reported, not fatal).
+    if [[ $sc == redis ]]; then http_get "$PC_ADMIN" /metrics >"$TMP/metrics-$sc-$p-$r-warm.txt"; fi
     if [[ $(secs "$WARMUP") -gt 0 ]]; then
         run_wrk "$WARM_BOUND" /dev/null -t1 -c"$conns" -d"$WARMUP" "${hdr[@]}" "$url" \
             || note "warm-up of ${LABEL[$p]} failed"
@@ -929,6 +1099,29 @@ run_one() {  # run_one scenario proxy round
     local u0 s0 u1 s1 uu0 us0 uu1 us1 b0 t0 b0b t0b b1 t1 b1b t1b w0 w1 set0 set1
     # flood: the gateway's counters, read outside the CPU window.
     if [[ $sc == flood ]]; then http_get "$PC_ADMIN" /metrics >"$TMP/metrics-$sc-$r-before.txt"; fi
+    # redis: the store is up, and the gateway's counters and Redis's INFO
+    # before the run (outside the CPU window, as the reads after it).
+    # A store that went down during the warm-up (a check without an answer
+    # within store_timeout) comes back with its next probe: wait for it, 15 s
+    # at most.
+    local warm_errs=0 waited=0
+    if [[ $sc == redis ]]; then
+        if [[ $p != local ]]; then
+            local st
+            for _ in $(seq 1 150); do
+                st=$(store_state "${RL_POLICY[$p]}")
+                [[ $st == up ]] && break
+                waited=$((waited + 1))
+                sleep 0.1
+            done
+            [[ $st == up ]] || { note "the Redis store of ${RL_POLICY[$p]} is '${st:-not reported}' before round $r, not up after 15 s; the gateway's log:"; tail -20 "$TMP/portcullis/out.log" >&2; exit 1; }
+        fi
+        http_get "$PC_ADMIN" /metrics >"$TMP/metrics-$sc-$p-$r-before.txt"
+        redis_cli INFO all >"$TMP/redis-$p-$r-before.txt"
+        if [[ $p != local ]]; then warm_errs=$(awk -v k="portcullis_rate_limit_store_errors_total{policy=\"${RL_POLICY[$p]}\"" \
+            'FNR == 1 { f++ } index($0, k) == 1 { s[f] += $NF } END { printf "%.0f", s[2] - s[1] }' \
+            "$TMP/metrics-$sc-$p-$r-warm.txt" "$TMP/metrics-$sc-$p-$r-before.txt"); fi
+    fi
     # The process sets: a worker that died and was respawned (NGINX) takes
     # its CPU time with it, and the CPU figures of the run mean nothing.
     set0="$(proxy_pids "$pid" | sort | tr '\n' ' ')/$(proxy_pids "$UP_PID" | sort | tr '\n' ' ')"
@@ -958,6 +1151,59 @@ run_one() {  # run_one scenario proxy round
         n_other=$((all - n_ok - n_429))
         (( n_ok + n_429 > 0 )) || { note "flood round $r: no 200 or 429 in the gateway's metrics (KEEP_TMP=1 keeps them)"; exit 1; }
     fi
+    # redis: Redis commands over the run (INFO commandstats; INFO does not
+    # count itself, so the "after" one is not in it and the "before" one is:
+    # one INFO left out), Redis's CPU (INFO cpu, user + sys, in µs), its
+    # error replies, and the gateway's store calls and store errors for the
+    # route's policy. A store error is a check that fell back to the local
+    # bucket: a few are reported, more than 5% of the run stops the script.
+    # commandstats also counts the commands a Lua script runs inside Redis,
+    # and nothing tells them from the same commands sent by a client: the
+    # commands "sent" are those a client sends to run a script (EVAL*,
+    # FCALL*, SCRIPT ...) or to keep a connection (PING, HELLO, CLIENT ...,
+    # SELECT, AUTH, INFO); "all" has every one (the list names them).
+    local r_cmds=0 r_calls=0 r_errs=0 r_cpu=0 r_errrep=0 r_all=0 r_list=""
+    if [[ $sc == redis ]]; then
+        kill -0 "$REDIS_PID" 2>/dev/null || { note "redis-server died during round $r; its log:"; tail -20 "$TMP/redis/out.log" >&2; exit 1; }
+        redis_cli INFO all >"$TMP/redis-$p-$r-after.txt"
+        http_get "$PC_ADMIN" /metrics >"$TMP/metrics-$sc-$p-$r-after.txt"
+        r_calls=$(series_delta "portcullis_rate_limit_store_calls_total{policy=\"${RL_POLICY[$p]}\"" "$sc-$p-$r")
+        r_errs=$(series_delta "portcullis_rate_limit_store_errors_total{policy=\"${RL_POLICY[$p]}\"" "$sc-$p-$r")
+        grep -q '^cmdstat_' "$TMP/redis-$p-$r-after.txt" \
+            || { note "no INFO commandstats from Redis after round $r:"; head -5 "$TMP/redis-$p-$r-after.txt" >&2; exit 1; }
+        read -r r_cmds r_all r_cpu r_errrep r_list < <(awk -F'[:,=]' 'FNR == 1 { f++ }
+            /^cmdstat_/ { c = substr($1, 9); if (f == 1) b[c] = $3; else a[c] = $3 }
+            /^used_cpu_(sys|user):/ { if (f == 1) cb += $2; else ca += $2 }
+            /^total_error_replies:/ { if (f == 1) eb = $2; else ea = $2 }
+            END {
+                a["info"]--
+                tot = 0; sent = 0; list = ""
+                # Commands by count, largest first.
+                for (;;) { m = ""; for (c in a) if (a[c] - b[c] > 0 && (m == "" || a[c] - b[c] > a[m] - b[m])) m = c
+                           if (m == "") break
+                           tot += a[m] - b[m]
+                           if (m ~ /^(eval|evalsha|eval_ro|evalsha_ro|fcall|fcall_ro|ping|hello|auth|select|info|echo|quit|reset)$/ || m ~ /^(script|client|function)\|/) sent += a[m] - b[m]
+                           list = list (list == "" ? "" : ",") m "=" (a[m] - b[m]); delete a[m] }
+                printf "%d %d %.0f %d %s\n", sent, tot, (ca - cb) * 1e6, ea - eb, (list == "" ? "-" : list) }' \
+            "$TMP/redis-$p-$r-before.txt" "$TMP/redis-$p-$r-after.txt")
+        # A few late answers under full load are single fallbacks (the
+        # store stays up); more than 5% of the run would measure the local
+        # store rather than Redis.
+        local r_reqs
+        r_reqs=$(awk '/requests in/{print $1; exit}' "$out")
+        if (( r_errs > 0 )); then
+            note "round $r of ${LABEL[$p]}: $r_errs of ${r_reqs:-?} checks fell back to the local store (answers later than store_timeout $REDIS_STORE_TIMEOUT; store_state now: '$(store_state "${RL_POLICY[$p]}")')"
+        fi
+        if (( r_errs * 20 > ${r_reqs:-0} )); then
+            note "round $r of ${LABEL[$p]}: more than 5% of the checks fell back, so the run does not measure Redis (a longer REDIS_STORE_TIMEOUT, e.g. 50ms, tells a slow answer from a missing one). The gateway's log:"
+            tail -20 "$TMP/portcullis/out.log" >&2
+            exit 1
+        fi
+        if [[ $p != local ]] && (( r_calls == 0 || r_cmds == 0 )); then
+            note "round $r of ${LABEL[$p]}: no Redis call during the measured run (gateway store calls $r_calls, Redis commands $r_cmds): the policy does not use Redis"
+            exit 1
+        fi
+    fi
     set1="$(proxy_pids "$pid" | sort | tr '\n' ' ')/$(proxy_pids "$UP_PID" | sort | tr '\n' ' ')"
     if [[ $set0 != "$set1" ]]; then
         note "WARNING: a process of ${LABEL[$p]} or of the upstream was replaced during round $r of $sc (pids ${set0// /,} -> ${set1// /,}): its CPU figures are wrong (KEEP_TMP=1 keeps the logs)"
@@ -980,19 +1226,24 @@ run_one() {  # run_one scenario proxy round
     # Columns: proxy round rps p50 p99 user sys total rss sockerr non2xx
     #   core0% core1% others-on-core0% wrk-us/req upstream-us/req others-on-core1%
     #   requests(wrk) user-us-total sys-us-total 200s 429s other-statuses (the last 3: flood only)
+    #   redis-commands-sent store-calls store-errors redis-cpu-us-total redis-error-replies
+    #   redis-commands-all (the last 6: redis only)
     awk -v p="$p" -v r="$r" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v n="$reqs" -v hz="$CLK_TCK" \
         -v du=$((u1 - u0)) -v ds=$((s1 - s0)) -v dup=$((uu1 - uu0 + us1 - us0)) -v dw=$((w1 - w0)) \
         -v rss="$rss" -v se="${sockerr:-0}" -v bad="${non2xx:-0}" \
         -v ok="$n_ok" -v refused="$n_429" -v otherst="$n_other" \
+        -v rcmds="$r_cmds" -v rcalls="$r_calls" -v rerrs="$r_errs" -v rcpu="$r_cpu" -v rerrrep="$r_errrep" -v rall="$r_all" \
         -v db0=$((b0b - b0)) -v dt0=$((t0b - t0)) -v db1=$((b1b - b1)) -v dt1=$((t1b - t1)) 'BEGIN {
             us = 1e6 / hz / n                      # µs per request per clock tick
             if (dt0 <= 0) dt0 = 1; if (dt1 <= 0) dt1 = 1
             other0 = db0 - du - ds; if (other0 < 0) other0 = 0
-            other1 = db1 - dup - dw * hz / 1000; if (other1 < 0) other1 = 0
-            printf "%s\t%s\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.1f\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\t%d\t%.0f\t%.0f\t%d\t%d\t%d\n",
+            # Redis (redis scenario) runs on the load core: not "others".
+            other1 = db1 - dup - dw * hz / 1000 - rcpu * hz / 1e6; if (other1 < 0) other1 = 0
+            printf "%s\t%s\t%.0f\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.1f\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.2f\t%.2f\t%.1f\t%d\t%.0f\t%.0f\t%d\t%d\t%d\t%d\t%d\t%d\t%.0f\t%d\t%d\n",
                 p, r, rps, p50, p99, du * us, ds * us, (du + ds) * us, rss / 1024, se, bad,
                 100 * db0 / dt0, 100 * db1 / dt1, 100 * other0 / dt0, dw * 1000 / n, dup * us, 100 * other1 / dt1,
-                n, du * 1e6 / hz, ds * 1e6 / hz, ok, refused, otherst
+                n, du * 1e6 / hz, ds * 1e6 / hz, ok, refused, otherst,
+                rcmds, rcalls, rerrs, rcpu, rerrrep, rall
         }' >>"$RESULTS"
     # handshake: "hs/s" and "µs/hs" keep the line as wide as the others.
     tail -1 "$RESULTS" | awk -F'\t' -v l="${LABEL[$p]}" \
@@ -1007,6 +1258,15 @@ run_one() {  # run_one scenario proxy round
             t = $21 + $22 + $23
             printf "         gateway answered %d: %d x 200, %d x 429 (%.1f%%), %d other; wrk saw %d requests, %d non-2xx\n",
                 t, $21, $22, (t > 0 ? 100 * $22 / t : 0), $23, $18, wbad }'
+    fi
+    if [[ $sc == redis ]]; then
+        tail -1 "$RESULTS" | awk -F'\t' -v list="${r_list//,/, }" -v we="$warm_errs" -v w="$waited" '{
+            n = $18
+            printf "         redis: %d commands sent = %.4f/req, %d with those inside scripts = %.4f/req (%s); gateway store calls %d = %.4f/req; store errors %d; Redis error replies %d; Redis CPU %.2f µs/req\n",
+                $24, $24 / n, $29, $29 / n, list, $25, $25 / n, $26, $28, $27 / n
+            if (we > 0 || w > 0)
+                printf "         redis: during the warm-up %d checks fell back to the local store%s\n", we,
+                    (w > 0 ? sprintf("; the store was not up after it: waited %.1f s for its probe", w / 10) : "") }'
     fi
 }
 
@@ -1155,13 +1415,75 @@ flood_report() {
             share, a, u, s, ct, cu, cs, src, r(a, ct), r(u, cu), r(s, cs) }'
 }
 
+# redis: Redis's side per route, the ratios to the local store (medians of
+# the three routes' runs, and the req/s ratio paired by round), and issue
+# 9's target.
+per_req() { awk -F'\t' -v p="$1" -v c="$2" '$1 == p && $18 > 0 { print $c / $18 }' "$RESULTS" | median; }
+redis_report() {
+    local v c
+    local -A R
+    for v in local exact batched; do
+        R[$v,cmds]=$(per_req "$v" 24); R[$v,all]=$(per_req "$v" 29); R[$v,calls]=$(per_req "$v" 25); R[$v,rcpu]=$(per_req "$v" 27)
+        R[$v,errs]=$(awk -F'\t' -v p="$v" '$1 == p { s += $26 } END { print s + 0 }' "$RESULTS")
+        R[$v,errrep]=$(awk -F'\t' -v p="$v" '$1 == p { s += $28 } END { print s + 0 }' "$RESULTS")
+        R[$v,both]=$(awk -F'\t' -v p="$v" '$1 == p && $18 > 0 { print $8 + $27 / $18 }' "$RESULTS" | median)
+        R[$v,load]=$(awk -F'\t' -v p="$v" '$1 == p && $18 > 0 { print $15 + $16 + $27 / $18 }' "$RESULTS" | median)
+        for c in 3 4 5 8; do R[$v,$c]=$(col "$v" "$c"); done
+    done
+    echo
+    echo "Redis (on core $LOAD_CORE with wrk and the upstream, so its CPU is not in \"others on core $LOAD_CORE\""
+    echo "above). Commands: INFO commandstats over each measured run, the script's own INFO left"
+    echo "out; \"sent\" are those a client sends (EVAL*, FCALL*, SCRIPT, PING, connection set-up),"
+    echo "\"all\" adds those a Lua script runs inside Redis (commandstats counts them too); store"
+    echo "calls: portcullis_rate_limit_store_calls_total; Redis CPU: INFO cpu (user + sys). Load"
+    echo "side = wrk + upstream + Redis: 1e6 / it is the most req/s core $LOAD_CORE can drive."
+    echo "Medians over rounds, per proxied request:"
+    echo
+    echo "| route | Redis commands sent / req | all Redis commands / req | gateway store calls / req | Redis CPU µs/req | gateway + Redis CPU µs/req | load side µs/req | store errors (all runs) | Redis error replies (all runs) |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for v in local exact batched; do
+        printf "| %s | %.4f | %.4f | %.4f | %.2f | %.2f | %.2f | %d | %d |\n" "${LABEL[$v]}" \
+            "${R[$v,cmds]}" "${R[$v,all]}" "${R[$v,calls]}" "${R[$v,rcpu]}" "${R[$v,both]}" "${R[$v,load]}" "${R[$v,errs]}" "${R[$v,errrep]}"
+    done
+    # Paired by round: the three runs of a round are back to back.
+    awk -F'\t' '{ v[$1, $2] = $3 } $1 == "local" { rs[$2] = 1 }
+        END { for (r in rs) if (v["local", r] > 0) printf "%s\t%.4f\t%.4f\n", r, v["exact", r] / v["local", r], v["batched", r] / v["local", r] }' "$RESULTS" \
+        | sort -n >"$TMP/redis-pairs.tsv"
+    echo
+    echo "Ratio to the local store, same run (req/s: above 1 is better; latency and CPU: below 1 is better;"
+    echo "deltas in µs per request):"
+    echo
+    echo "| route | req/s ratio | p50 ratio | p99 ratio | gateway CPU ratio | gateway CPU delta µs | gateway + Redis CPU delta µs | req/s ratio paired by round: median (rounds) |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    local k=2
+    for v in exact batched; do
+        awk -v l="${LABEL[$v]}" -v a="${R[$v,3]}" -v b="${R[local,3]}" -v a50="${R[$v,4]}" -v b50="${R[local,4]}" \
+            -v a99="${R[$v,5]}" -v b99="${R[local,5]}" -v ca="${R[$v,8]}" -v cb="${R[local,8]}" \
+            -v ba="${R[$v,both]}" -v bb="${R[local,both]}" \
+            -v pm="$(cut -f"$k" "$TMP/redis-pairs.tsv" | median)" \
+            -v each="$(awk -F'\t' -v k="$k" '{ printf "%s%.2fx", (NR > 1 ? ", " : ""), $k }' "$TMP/redis-pairs.tsv")" \
+            'function r(x, y) { return y > 0 ? sprintf("%.2f", x / y) : "-" } BEGIN {
+            printf "| %s | %s | %s | %s | %s | %+.2f | %+.2f | %s (%s) |\n", l, r(a, b), r(a50, b50), r(a99, b99), r(ca, cb), ca - cb, ba - bb,
+                (pm == "" ? "-" : sprintf("%.2fx", pm)), each }'
+        k=$((k + 1))
+    done
+    echo
+    awk -v bl="${R[local,3]}" -v be="${R[exact,3]}" -v bb="${R[batched,3]}" -v ce="${R[exact,cmds]}" -v cb="${R[batched,cmds]}" 'BEGIN {
+        if (bl <= 0) { print "redis target (issue 9): no local-store req/s to compare with"; exit }
+        rb = bb / bl; re = be / bl
+        printf "redis target (issue 9): batched %.0f req/s = %.2fx local (target >= 0.9): %s; exact = %.2fx local; Redis commands per request: exact %.3f, batched %.3f\n",
+            bb, rb, (rb >= 0.9 ? "ok" : "MISSED"), re, ce, cb }'
+}
+
 first=1
 for sc in "${scenarios[@]}"; do
     if [[ $sc == http ]]; then procs=("${selected[@]}")
-    elif [[ $sc == jwt || $sc == ratelimit || $sc == flood || $sc == canary ]]; then
+    elif [[ $sc == jwt || $sc == ratelimit || $sc == flood || $sc == canary || $sc == redis ]]; then
         procs=()
         if [[ " ${selected[*]} " == *" portcullis "* ]]; then
-            if [[ $sc == ratelimit || $sc == canary ]]; then procs=(plain portcullis); else procs=(portcullis); fi
+            if [[ $sc == ratelimit || $sc == canary ]]; then procs=(plain portcullis)
+            elif [[ $sc == redis ]]; then procs=(local exact batched)
+            else procs=(portcullis); fi
         fi
     else procs=("${tls_selected[@]}"); fi
     (( first )) || echo
@@ -1170,7 +1492,7 @@ for sc in "${scenarios[@]}"; do
     echo
     if (( ${#procs[@]} == 0 )); then
         case "$sc" in
-            jwt|ratelimit|flood|canary) echo "(Portcullis not selected: skipped)" ;;
+            jwt|ratelimit|flood|canary|redis) echo "(Portcullis not selected: skipped)" ;;
             *) echo "(no proxy with TLS selected: skipped)" ;;
         esac
         continue
@@ -1228,6 +1550,7 @@ for sc in "${scenarios[@]}"; do
         fi
     fi
     if [[ $sc == flood ]]; then flood_report; fi
+    if [[ $sc == redis ]]; then redis_report; fi
 done
 
 if (( TOTAL_ERR > 0 )); then
