@@ -719,6 +719,51 @@ async fn bucket_keys_are_named_per_policy_and_client_and_expire_when_full() {
     assert!(left.is_empty(), "keys outlived their TTL: {left:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_redis_answers_with_an_error_falls_back_alone_and_the_store_stays_up() {
+    let Some(redis) = RedisServer::start(None).await else {
+        return;
+    };
+    let up = spawn_upstream("a").await;
+    let gws = fleet(up.addr, &policy(&redis.url(), ""), 1).await;
+    assert_eq!(call(&gws[0], "dave").await.status, 200);
+    let mut conn = redis.conn().await;
+    let keys = scan(&mut conn, "portcullis:rl:*").await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    // Someone else's data under the bucket's name: the script fails on it.
+    ::redis::cmd("DEL")
+        .arg(&keys[0])
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("DEL");
+    ::redis::cmd("HSET")
+        .arg(&keys[0])
+        .arg("field")
+        .arg("value")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("HSET");
+    let before = store_metrics(&gws[0]).await;
+    let a = call(&gws[0], "dave").await;
+    assert_eq!(a.status, 200, "decided by the local bucket");
+    assert!(
+        a.headers.contains_key("ratelimit"),
+        "with the usual headers"
+    );
+    let after = store_metrics(&gws[0]).await;
+    assert_eq!(after.errors - before.errors, 1.0);
+    // Other keys still go to Redis: one bad key does not take the store down.
+    assert_eq!(call(&gws[0], "erin").await.status, 200);
+    let s = store_status(&gws[0]).await;
+    eprintln!("after a WRONGTYPE answer: {s}");
+    assert_eq!(s["store_state"], "up", "{s}");
+    assert!(
+        s["last_error"].as_str().unwrap_or("").contains("WRONGTYPE"),
+        "{s}"
+    );
+    assert_eq!(store_metrics(&gws[0]).await.calls, after.calls + 1.0);
+}
+
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 /// The real binary, its stdout and stderr read as one stream of lines.

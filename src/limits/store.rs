@@ -93,15 +93,19 @@ return {granted, math.floor((capacity - (tat - now)) / interval), tat - now, 0}
 pub enum StoreError {
     /// No answer within the check's timeout.
     Late(Duration),
-    /// An error: the connection, the server, or its answer.
+    /// The connection failed: the store is down.
     Failed(String),
+    /// The server answered this check with an error (`WRONGTYPE` on a key
+    /// someone else wrote, `OOM`, ...): this check falls back, the store
+    /// stays up.
+    Answered(String),
 }
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreError::Late(t) => write!(f, "no answer within {} µs", t.as_micros()),
-            StoreError::Failed(e) => f.write_str(e),
+            StoreError::Failed(e) | StoreError::Answered(e) => f.write_str(e),
         }
     }
 }
@@ -247,7 +251,15 @@ impl RedisStore {
         .await;
         let (granted, remaining, full_us, retry_us) = match answer {
             Ok(Ok(a)) => a,
-            Ok(Err(e)) => return Err(StoreError::Failed(e.to_string())),
+            Ok(Err(e))
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_unrecoverable_error() =>
+            {
+                return Err(StoreError::Failed(e.to_string()))
+            }
+            Ok(Err(e)) => return Err(StoreError::Answered(e.to_string())),
             Err(_) => return Err(StoreError::Late(timeout)),
         };
         // Read first: most calls find it 0 and write nothing.
@@ -282,6 +294,19 @@ impl RedisStore {
                 )
             }
             Some(StoreError::Failed(e)) => e.clone(),
+            Some(StoreError::Answered(e)) => {
+                *lock(&self.last_error) = Some(e.clone());
+                if self.log_gate() {
+                    tracing::warn!(
+                        store = %self.url,
+                        error = %e,
+                        "rate-limit store {} answered a check with an error ({e}); such checks fall back: {}",
+                        self.url,
+                        lock(&self.users).names,
+                    );
+                }
+                return;
+            }
         };
         if self.is_up() && self.set_state(DOWN) {
             *lock(&self.last_error) = Some(why);
@@ -290,18 +315,22 @@ impl RedisStore {
         }
     }
 
-    /// Writes the outage line, unless one was written within [`LOG_EVERY`].
-    fn log_down(&self) {
+    /// True at most once per [`LOG_EVERY`]: whether to write a line now.
+    fn log_gate(&self) -> bool {
         let now = self.clock.now_ms() + 1;
         let last = self.logged_at_ms.load(Ordering::Relaxed);
         if last != 0 && now.saturating_sub(last) < crate::clock::millis(LOG_EVERY) {
-            return;
+            return false;
         }
-        if self
-            .logged_at_ms
+        self.logged_at_ms
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
+            .is_ok()
+    }
+
+    /// Writes the outage line, unless a line was written within
+    /// [`LOG_EVERY`].
+    fn log_down(&self) {
+        if !self.log_gate() {
             return;
         }
         self.announced.store(true, Ordering::Relaxed);
