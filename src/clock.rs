@@ -22,7 +22,7 @@ impl Clock {
 
     /// Nanoseconds since the clock was made.
     pub fn now_ns(&self) -> u64 {
-        self.elapsed().as_nanos().try_into().unwrap_or(u64::MAX)
+        nanos(self.elapsed())
     }
 
     fn elapsed(&self) -> Duration {
@@ -39,4 +39,9 @@ impl Default for Clock {
 /// Whole milliseconds, saturating.
 pub fn millis(d: Duration) -> u64 {
     d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+/// Nanoseconds, saturating.
+pub fn nanos(d: Duration) -> u64 {
+    d.as_nanos().try_into().unwrap_or(u64::MAX)
 }

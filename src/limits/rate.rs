@@ -258,7 +258,7 @@ fn gcra(cell: &AtomicU64, now: u64, interval: u64, burst: u64) -> Decision {
 }
 
 /// Whole seconds, rounded up.
-fn secs_up(ns: u64) -> u64 {
+pub(super) fn secs_up(ns: u64) -> u64 {
     ns.div_ceil(1_000_000_000)
 }
 

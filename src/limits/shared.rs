@@ -27,9 +27,9 @@ use metrics::Counter;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use super::rate::Decision;
+use super::rate::{secs_up, Decision};
 use super::store::{Grant, RedisStore, StoreError};
-use crate::clock::Clock;
+use crate::clock::{nanos as ns, Clock};
 use crate::config::{RateLimitConfig, SyncMode};
 use crate::telemetry::{Metrics, RATE_LIMIT_STORE_CALLS_TOTAL, RATE_LIMIT_STORE_ERRORS_TOTAL};
 
@@ -381,14 +381,6 @@ impl SharedBuckets {
         self.live.store(left, Ordering::Relaxed);
         left
     }
-}
-
-fn ns(d: Duration) -> u64 {
-    d.as_nanos().try_into().unwrap_or(u64::MAX)
-}
-
-fn secs_up(ns: u64) -> u64 {
-    ns.div_ceil(1_000_000_000)
 }
 
 #[cfg(test)]

@@ -221,7 +221,7 @@ impl Shedder {
         if !policy.adaptive {
             return;
         }
-        let ns = latency.as_nanos().try_into().unwrap_or(u64::MAX);
+        let ns = crate::clock::nanos(latency);
         self.window_sum_ns.fetch_add(ns, Ordering::Relaxed);
         self.window_count.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now_ms();
