@@ -140,6 +140,7 @@ fn status(shared: &Shared) -> String {
                     serde_json::json!({
                         "address": &*e.addr,
                         "in_flight": e.in_flight(),
+                        "idle_connections": e.idle.len(),
                         // healthy: takes traffic; unhealthy: failed its
                         // checks; ejected: outlier detection took it out.
                         "health": if !h.is_up() {

@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 
 use crate::error::Reject;
 use crate::telemetry::Exchange;
+use crate::upstream::UpstreamBody;
 
 /// The client's request body failed on its way upstream: the client's
 /// fault, never the upstream's (no breaker, retry or outlier counts it).
@@ -307,7 +308,7 @@ pub fn linger(body: Incoming) {
 pin_project_lite::pin_project! {
     #[project = InnerProj]
     enum Inner {
-        Upstream { #[pin] body: Incoming },
+        Upstream { #[pin] body: UpstreamBody },
         Full { data: Option<Bytes> },
     }
 }
@@ -333,7 +334,7 @@ impl ResponseBody {
     }
 
     /// The upstream's body, streamed through.
-    pub fn upstream(body: Incoming) -> Self {
+    pub fn upstream(body: UpstreamBody) -> Self {
         ResponseBody {
             inner: Inner::Upstream { body },
             exchange: None,

@@ -143,11 +143,17 @@ impl Gateway {
         let admin = admin_listener.local_addr().unwrap_or(admin_addr);
         tracing::info!(%admin, "admin port listening");
         tasks.push(tokio::spawn(admin::serve(admin_listener, shared.clone())));
+        let upkeep = shared.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tick.tick().await;
                 metrics.run_upkeep();
+                // Requests expire idle connections as they pass; this
+                // closes those of endpoints no request reaches.
+                for endpoint in upkeep.state.all_endpoints() {
+                    endpoint.idle.sweep();
+                }
             }
         }));
         tasks.push(tokio::spawn(tls::listener::watch(shared.clone())));

@@ -39,7 +39,7 @@ use crate::upstream::retry::X_PORTCULLIS_ATTEMPTS;
 /// Which upstream answered (`server.upstream_header`).
 static X_PORTCULLIS_UPSTREAM: http::HeaderName =
     http::HeaderName::from_static("x-portcullis-upstream");
-use crate::upstream::{attempts, balance, Balance, Upstream};
+use crate::upstream::{attempts, balance, Balance, Upstream, UpstreamBody};
 use crate::{limits, proxy, routing, target, Shared};
 
 /// Serves one request. Every response carries `x-request-id`.
@@ -365,7 +365,7 @@ async fn forward(
     timeout: Duration,
     adaptive: attempts::Adaptive<'_>,
     exchange: &mut Exchange,
-) -> Result<Response<Incoming>, Reject> {
+) -> Result<Response<UpstreamBody>, Reject> {
     let Some((policy, breaker)) = &upstream.breaker else {
         return attempts::try_until_final(upstream, key, req, timeout, adaptive, exchange)
             .await

@@ -237,6 +237,11 @@ impl State {
         }
     }
 
+    /// Every endpoint (for the idle-connection sweep).
+    pub fn all_endpoints(&self) -> Vec<Arc<Endpoint>> {
+        lock(&self.endpoints).values().cloned().collect()
+    }
+
     /// Every Redis policy's shared buckets (for the sweep).
     pub fn all_shared_buckets(&self) -> Vec<Arc<SharedBuckets>> {
         lock(&self.shared_buckets).values().cloned().collect()

@@ -26,6 +26,7 @@ pub const UPSTREAM_ENDPOINT_HEALTHY: &str = "portcullis_upstream_endpoint_health
 pub const CIRCUIT_STATE: &str = "portcullis_circuit_state";
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "portcullis_circuit_transitions_total";
 pub const UPSTREAM_RETRIES_TOTAL: &str = "portcullis_upstream_retries_total";
+pub const UPSTREAM_CONNECTIONS_OPENED_TOTAL: &str = "portcullis_upstream_connections_opened_total";
 pub const RATE_LIMITED_TOTAL: &str = "portcullis_rate_limited_total";
 pub const RATE_LIMIT_KEYS: &str = "portcullis_rate_limit_keys";
 pub const RATE_LIMIT_STORE_ERRORS_TOTAL: &str = "portcullis_rate_limit_store_errors_total";
@@ -173,6 +174,9 @@ pub struct UpstreamMetrics {
     pub timeout: Counter,
     /// Refused without trying: circuit open or no healthy endpoint.
     pub rejected: Counter,
+    /// Connections opened to the upstream's endpoints: with keep-alive
+    /// working, it grows with concurrency, not with requests.
+    pub connections: Counter,
 }
 
 impl UpstreamMetrics {
@@ -188,6 +192,8 @@ impl UpstreamMetrics {
             error: c("error"),
             timeout: c("timeout"),
             rejected: c("rejected"),
+            connections: metrics
+                .counter(UPSTREAM_CONNECTIONS_OPENED_TOTAL, &[("upstream", upstream)]),
         }
     }
 }

@@ -51,6 +51,108 @@ async fn upstream_connections_are_kept_alive_and_reused() {
         1,
         "one pooled upstream connection"
     );
+    let metrics = admin(&gw, "/metrics").await.body;
+    let opened = r#"portcullis_upstream_connections_opened_total{upstream="up"}"#;
+    assert_eq!(metric(&metrics, opened), 1.0, "{metrics}");
+    let status = admin(&gw, "/status").await.json();
+    assert_eq!(
+        status["upstreams"][0]["endpoints"][0]["idle_connections"],
+        1
+    );
+}
+
+/// A raw upstream answering each request on a connection with `200 n`,
+/// then, per `close`: `Some(None)` closes with `Connection: close`,
+/// `Some(Some(t))` closes silently `t` after the answer (a keep-alive
+/// timeout shorter than the gateway's), `None` keeps it open.
+async fn closing_upstream(close: Option<Option<Duration>>) -> std::net::SocketAddr {
+    spawn_raw(move |mut s| async move {
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            buf.drain(..end + 4);
+            let connection = if close == Some(None) {
+                "close"
+            } else {
+                "keep-alive"
+            };
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: {connection}\r\n\r\nok"
+            );
+            if s.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            match close {
+                Some(None) => return,
+                Some(Some(after)) => {
+                    tokio::time::sleep(after).await;
+                    return;
+                }
+                None => {}
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_closing_its_connections_costs_no_request() {
+    let opened = r#"portcullis_upstream_connections_opened_total{upstream="up"}"#;
+
+    // `Connection: close` on every answer: a new connection each time,
+    // never a dead one reused.
+    let up = closing_upstream(Some(None)).await;
+    let gw = start_gateway(&simple_config(&[up], "", "")).await;
+    let addr = gw.addr("http").unwrap();
+    for i in 0..10 {
+        let a = get(addr, &format!("/close/{i}")).await;
+        assert_eq!(
+            (a.status.as_u16(), a.body.as_str()),
+            (200, "ok"),
+            "request {i}"
+        );
+    }
+    let metrics = admin(&gw, "/metrics").await.body;
+    assert_eq!(metric(&metrics, opened), 10.0, "{metrics}");
+
+    // Closed silently 50 ms after each answer, requests 200 ms apart: each
+    // finds its pooled connection dead and opens a new one, unseen.
+    let up = closing_upstream(Some(Some(Duration::from_millis(50)))).await;
+    let gw = start_gateway(&simple_config(&[up], "", "")).await;
+    let addr = gw.addr("http").unwrap();
+    for i in 0..5 {
+        let a = get(addr, &format!("/idle/{i}")).await;
+        assert_eq!(
+            (a.status.as_u16(), a.body.as_str()),
+            (200, "ok"),
+            "request {i}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = admin(&gw, "/metrics").await.body;
+    assert_eq!(metric(&metrics, opened), 5.0, "{metrics}");
+    let status = admin(&gw, "/status").await.json();
+    let idle = &status["upstreams"][0]["endpoints"][0]["idle_connections"];
+    assert!(idle.as_u64().unwrap() <= 1, "{status}");
+
+    // Kept open: ten requests, one connection.
+    let up = closing_upstream(None).await;
+    let gw = start_gateway(&simple_config(&[up], "", "")).await;
+    let addr = gw.addr("http").unwrap();
+    for i in 0..10 {
+        let a = get(addr, &format!("/open/{i}")).await;
+        assert_eq!(a.status, 200, "request {i}");
+    }
+    let metrics = admin(&gw, "/metrics").await.body;
+    assert_eq!(metric(&metrics, opened), 1.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,12 +8,11 @@
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::outcome::Outcome;
 use super::retry::RetryPolicy;
-use super::{health, Upstream};
+use super::{health, Upstream, UpstreamBody};
 use crate::body::{Replay, RequestBody};
 use crate::error::Reject;
 use crate::limits::shed::{ShedPolicy, Shedder};
@@ -31,7 +30,7 @@ pub async fn try_until_final(
     timeout: Duration,
     adaptive: Adaptive<'_>,
     exchange: &mut Exchange,
-) -> (Result<Response<Incoming>, Reject>, Option<Outcome>) {
+) -> (Result<Response<UpstreamBody>, Reject>, Option<Outcome>) {
     let deadline = Instant::now() + timeout;
     exchange.attempts = 1;
     let Some((policy, budget)) = &upstream.retry else {
@@ -103,7 +102,7 @@ async fn try_once(
     adaptive: Adaptive<'_>,
     exchange: &mut Exchange,
 ) -> (
-    Result<Response<Incoming>, Reject>,
+    Result<Response<UpstreamBody>, Reject>,
     Option<Outcome>,
     Option<usize>,
 ) {

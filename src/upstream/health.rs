@@ -18,7 +18,9 @@ use metrics::Gauge;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Endpoint, Pool, Upstream};
+use http_body_util::BodyExt;
+
+use super::{Endpoint, Pool, SendError, Upstream};
 use crate::body::RequestBody;
 use crate::clock::{millis, Clock};
 use crate::config::{HealthCheckConfig, OutlierConfig, StatusRange};
@@ -259,13 +261,17 @@ fn accepts(ranges: &[StatusRange], status: StatusCode) -> bool {
     ranges.iter().any(|r| (r.0..=r.1).contains(&s))
 }
 
-async fn check_once(endpoint: &Endpoint, s: &CheckSettings) -> Result<StatusCode, &'static str> {
-    let uri = Uri::builder()
-        .scheme(s.pool.scheme())
-        .authority(endpoint.authority.clone())
-        .path_and_query(s.config.path.as_str())
-        .build()
-        .map_err(|_| "invalid check URI")?;
+/// The most of a check's response body read, so its connection can be
+/// used again; a longer body closes the connection.
+const CHECK_BODY_BYTES: usize = 64 << 10;
+
+/// One check, on a pooled connection like a request's: a dead idle
+/// connection fails the check no more than it would fail a request.
+async fn check_once(
+    endpoint: &Arc<Endpoint>,
+    s: &CheckSettings,
+) -> Result<StatusCode, &'static str> {
+    let uri = Uri::try_from(s.config.path.as_str()).map_err(|_| "invalid check URI")?;
     let host = match &s.config.host {
         Some(h) => HeaderValue::from_str(h).map_err(|_| "invalid host")?,
         None => HeaderValue::from_str(endpoint.authority.as_str()).map_err(|_| "invalid host")?,
@@ -278,10 +284,22 @@ async fn check_once(endpoint: &Endpoint, s: &CheckSettings) -> Result<StatusCode
         USER_AGENT,
         HeaderValue::from_static("portcullis-health-check"),
     );
-    match tokio::time::timeout(s.config.timeout.0, s.pool.send(req)).await {
-        Ok(Ok(resp)) => Ok(resp.status()),
-        Ok(Err(e)) if e.is_connect() => Err("connect error"),
-        Ok(Err(_)) => Err("reset"),
-        Err(_) => Err("timeout"),
+    let deadline = Instant::now() + s.config.timeout.0;
+    let resp = match tokio::time::timeout_at(deadline, s.pool.send(endpoint, req)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(SendError::Connect(_) | SendError::ConnectTimeout)) => return Err("connect error"),
+        Ok(Err(SendError::Exchange(_))) => return Err("reset"),
+        Err(_) => return Err("timeout"),
+    };
+    let status = resp.status();
+    // Read to the end (bounded), which gives the connection back.
+    let mut body = resp.into_body();
+    let mut read = 0;
+    while read <= CHECK_BODY_BYTES {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, |d| d.len()),
+            _ => break,
+        }
     }
+    Ok(status)
 }

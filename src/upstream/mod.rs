@@ -13,7 +13,7 @@ pub mod balance;
 pub mod breaker;
 pub mod health;
 pub mod outcome;
-pub mod poison;
+pub mod pool;
 pub mod retry;
 pub mod window;
 
@@ -22,123 +22,29 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response};
 
 use crate::body::{ClientBodyError, RequestBody};
 use crate::client_key::ClientKey;
 use crate::config::HealthCheckConfig;
 use crate::error::{Reject, UpstreamFailure};
-use crate::telemetry::UpstreamMetrics;
-use crate::tls::UpstreamTls;
 use breaker::{Breaker, BreakerPolicy};
 use health::{Health, OutlierPolicy};
-use hyper_rustls::HttpsConnector;
 use outcome::Outcome;
-use poison::{Poison, Poisonable};
+use pool::IdleConns;
+pub use pool::{Pool, SendError, UpstreamBody, MAX_UPSTREAM_HEAD_BYTES};
 use retry::{RetryBudget, RetryPolicy};
-
-/// Idle upstream connections are closed after this long: shorter than the
-/// usual backend keep-alive (60s+), so we rarely reuse a connection the
-/// backend is closing.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The largest upstream response head read (hyper's read buffer): beyond
-/// it, or for a head that never ends, the answer is a 502. Eight times
-/// NGINX's default `proxy_buffer_size`, a quarter of hyper's default.
-pub const MAX_UPSTREAM_HEAD_BYTES: usize = 64 << 10;
-
-/// The pooled client: plain HTTP, or HTTPS through rustls.
-enum PoolClient {
-    Plain(Client<Poisonable<HttpConnector>, RequestBody>),
-    Tls(Client<Poisonable<HttpsConnector<HttpConnector>>, RequestBody>),
-}
-
-/// One upstream's connection pool (long-lived; see module docs).
-pub struct Pool {
-    client: PoolClient,
-    pub connect_timeout: Duration,
-    /// [`UpstreamTls::identity`] for HTTPS pools; a pool is reused across
-    /// reloads only with the same TLS settings.
-    pub tls_identity: Option<String>,
-    /// Round-robin cursor.
-    cursor: AtomicUsize,
-    pub metrics: UpstreamMetrics,
-}
-
-impl Pool {
-    pub fn new(
-        connect_timeout: Duration,
-        tls: Option<&UpstreamTls>,
-        metrics: UpstreamMetrics,
-    ) -> Pool {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http1_max_buf_size(MAX_UPSTREAM_HEAD_BYTES);
-        let client = match tls {
-            None => {
-                connector.enforce_http(true);
-                PoolClient::Plain(builder.build(Poisonable(connector)))
-            }
-            Some(tls) => {
-                connector.enforce_http(false);
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config((*tls.client).clone())
-                    .https_only();
-                let https = match &tls.sni {
-                    Some(name) => https.with_server_name_resolver(
-                        hyper_rustls::FixedServerNameResolver::new(name.clone()),
-                    ),
-                    None => https,
-                };
-                PoolClient::Tls(
-                    builder.build(Poisonable(https.enable_http1().wrap_connector(connector))),
-                )
-            }
-        };
-        Pool {
-            client,
-            connect_timeout,
-            tls_identity: tls.map(|t| t.identity.clone()),
-            cursor: AtomicUsize::new(0),
-            metrics,
-        }
-    }
-
-    pub fn scheme(&self) -> Scheme {
-        match self.client {
-            PoolClient::Plain(_) => Scheme::HTTP,
-            PoolClient::Tls(_) => Scheme::HTTPS,
-        }
-    }
-
-    /// Sends `req` (absolute URI) on a pooled connection.
-    pub async fn send(
-        &self,
-        req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        match &self.client {
-            PoolClient::Plain(c) => c.request(req).await,
-            PoolClient::Tls(c) => c.request(req).await,
-        }
-    }
-}
 
 /// One backend address of an upstream (long-lived).
 pub struct Endpoint {
     /// As written in the config: `127.0.0.1:9101`.
     pub addr: Arc<str>,
     authority: Authority,
+    /// `Host` for a request that has none (HTTP/1.0): the address.
+    host: HeaderValue,
+    /// Connections to it, ready for the next request.
+    pub idle: IdleConns,
     /// Requests sent and not yet answered (response head), for `least_requests`.
     in_flight: AtomicUsize,
     /// A hash of `addr`, for `hash:<key>` balancing.
@@ -153,6 +59,8 @@ impl Endpoint {
         Ok(Endpoint {
             addr: Arc::from(addr),
             authority: Authority::try_from(addr)?,
+            host: HeaderValue::from_str(addr).unwrap_or(HeaderValue::from_static("localhost")),
+            idle: IdleConns::default(),
             in_flight: AtomicUsize::new(0),
             seed: balance::hash_bytes(addr.as_bytes()),
             health: Health::new(healthy),
@@ -247,45 +155,28 @@ impl Upstream {
     }
 }
 
-/// Sends `req` (origin-form URI, hygiene already applied) to `endpoint` and
-/// waits up to `timeout` for the response head.
+/// Sends `req` (hygiene already applied) to `endpoint` and waits up to
+/// `timeout` for the response head.
 pub async fn forward(
     upstream: &Upstream,
-    endpoint: &Endpoint,
-    req: Request<RequestBody>,
+    endpoint: &Arc<Endpoint>,
+    mut req: Request<RequestBody>,
     timeout: Duration,
-) -> Result<Response<Incoming>, Reject> {
-    let (mut parts, body) = req.into_parts();
-    // Moved, not cloned: cloning a fresh `Bytes` allocates.
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
-    let pool = &upstream.pool;
-    uri.scheme = Some(pool.scheme());
-    uri.authority = Some(endpoint.authority.clone());
-    parts.uri = Uri::from_parts(uri).map_err(|_| Reject::BadRequest {
-        reason: "the request target cannot be forwarded",
-    })?;
+) -> Result<Response<UpstreamBody>, Reject> {
     // HTTP/2 clients' requests go upstream as HTTP/1.1.
-    parts.version = http::Version::HTTP_11;
-    let req = Request::from_parts(parts, body);
-
+    *req.version_mut() = http::Version::HTTP_11;
     let result = {
         // A guard, not a pair of calls: the client may go away mid-await,
         // dropping this future, and the count must still come down.
         let _sending = InFlight::enter(&endpoint.in_flight);
-        tokio::time::timeout(timeout, pool.send(req)).await
+        tokio::time::timeout(timeout, upstream.pool.send(endpoint, req)).await
     };
 
     let metrics = &upstream.pool.metrics;
     match result {
-        Ok(Ok(resp)) if !well_framed(&resp) => {
-            // hyper may have read the whole answer and pooled the
-            // connection already.
-            if let Some(poison) = resp.extensions().get::<Poison>() {
-                poison.poison();
-            }
+        Ok(Ok(mut resp)) if !well_framed(&resp) => {
+            // Whatever follows on the connection may be the rest of it.
+            resp.body_mut().discard_connection();
             metrics.error.increment(1);
             Err(Reject::BadGateway {
                 upstream: upstream.name.clone(),
@@ -321,7 +212,7 @@ pub async fn forward(
 /// 1xx final answer (a `101` nobody asked for: the gateway never forwards
 /// `Upgrade`), or both `Transfer-Encoding` and `Content-Length`, which hyper
 /// reads as chunked but the client would read by the length.
-fn well_framed(resp: &Response<Incoming>) -> bool {
+fn well_framed<B>(resp: &Response<B>) -> bool {
     let h = resp.headers();
     let both_lengths = h.contains_key(http::header::TRANSFER_ENCODING)
         && h.contains_key(http::header::CONTENT_LENGTH);
@@ -330,7 +221,7 @@ fn well_framed(resp: &Response<Incoming>) -> bool {
 
 /// What a try came to, for retries, the breaker and outlier detection;
 /// `None` when the client, not the upstream, is at fault (its body).
-pub fn outcome_of(result: &Result<Response<Incoming>, Reject>) -> Option<Outcome> {
+pub fn outcome_of<B>(result: &Result<Response<B>, Reject>) -> Option<Outcome> {
     match result {
         Ok(resp) => Some(Outcome::Status(resp.status().as_u16())),
         Err(Reject::BadGateway { cause, .. }) => Some(match cause {
@@ -342,19 +233,12 @@ pub fn outcome_of(result: &Result<Response<Incoming>, Reject>) -> Option<Outcome
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamFailure {
-    if e.is_connect() {
-        let timed_out = find_cause::<std::io::Error>(e)
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
-        return if timed_out {
-            UpstreamFailure::ConnectTimeout
-        } else {
-            UpstreamFailure::Connect
-        };
-    }
-    match find_cause::<hyper::Error>(e) {
-        Some(h) if h.is_parse() || h.is_parse_status() => UpstreamFailure::Protocol,
-        _ => UpstreamFailure::Reset,
+fn classify(e: &SendError) -> UpstreamFailure {
+    match e {
+        SendError::Connect(_) => UpstreamFailure::Connect,
+        SendError::ConnectTimeout => UpstreamFailure::ConnectTimeout,
+        SendError::Exchange(h) if h.is_parse() || h.is_parse_status() => UpstreamFailure::Protocol,
+        SendError::Exchange(_) => UpstreamFailure::Reset,
     }
 }
 
