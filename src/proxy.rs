@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use http::header::Entry;
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
 use http::HeaderMap;
 
@@ -31,8 +32,21 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     http::header::UPGRADE,
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
+/// A header named like the `close` connection option (RFC 9110 reserves
+/// the name); removed when `Connection: close` names it.
+static CLOSE: HeaderName = HeaderName::from_static("close");
+
+/// Which of [`HOP_BY_HOP`] `headers` carries, one bit each.
+fn hop_by_hop_present(headers: &HeaderMap) -> u16 {
+    let mut present = 0u16;
+    for name in headers.keys() {
+        // Standard names compare as enums: cheaper than hashing each of
+        // the nine for a message that carries none.
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    present
 }
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.
@@ -41,26 +55,39 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// client naming `x-request-id` or `x-client-cert-subject` in `Connection`
 /// must not remove what the gateway puts there.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names (standard names
-    // compare as enums) is cheaper than hashing each absent name.
-    if !headers.keys().any(is_hop_by_hop) {
+    let present = hop_by_hop_present(headers);
+    if present == 0 {
         return;
     }
-    if headers.contains_key(CONNECTION) {
+    // `Connection` is HOP_BY_HOP[0].
+    if present & 1 != 0 {
         // Bytes, not text: one odd byte in the value must not hide the
-        // valid names beside it.
+        // valid names beside it. The usual values, `keep-alive` and
+        // `close`, cost no allocation: keep-alive is in HOP_BY_HOP.
+        let mut close = false;
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| {
+                let is_close = t.eq_ignore_ascii_case(b"close");
+                close |= is_close;
+                !is_close && !t.eq_ignore_ascii_case(b"keep-alive")
+            })
+            .filter_map(|name| HeaderName::from_bytes(name).ok())
             .collect();
+        if close {
+            headers.remove(&CLOSE);
+        }
         for name in named {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -136,26 +163,34 @@ pub fn to_upstream(
 fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     let mut buf = [0u8; 64];
     let ip = format_ip(peer, &mut buf);
-    let mut lines = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .filter(|v| !v.is_empty())
-        .peekable();
-    let combined = if lines.peek().is_none() {
-        HeaderValue::from_bytes(ip)
-    } else {
-        let mut v = Vec::with_capacity(64);
-        for line in lines {
-            v.extend_from_slice(line);
-            v.extend_from_slice(b", ");
+    // One lookup for the usual case of no header yet.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(e) => {
+            if let Ok(v) = HeaderValue::from_bytes(ip) {
+                e.insert(v);
+            }
         }
-        v.extend_from_slice(ip);
-        HeaderValue::from_bytes(&v)
-    };
-    headers.remove(&X_FORWARDED_FOR);
-    if let Ok(v) = combined {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        Entry::Occupied(mut e) => {
+            let mut v = Vec::with_capacity(64);
+            for line in e
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .filter(|v| !v.is_empty())
+            {
+                v.extend_from_slice(line);
+                v.extend_from_slice(b", ");
+            }
+            v.extend_from_slice(ip);
+            match HeaderValue::from_bytes(&v) {
+                // Replaces every line.
+                Ok(v) => {
+                    e.insert(v);
+                }
+                Err(_) => {
+                    e.remove();
+                }
+            }
+        }
     }
 }
 
@@ -253,6 +288,22 @@ mod tests {
         h.insert("x-b", HeaderValue::from_static("1"));
         remove_hop_by_hop(&mut h);
         assert!(h.is_empty(), "{h:?}");
+        // The usual values, any case, with the names they carry.
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_static("CLOSE"));
+        h.append(CONNECTION, HeaderValue::from_static("x-a"));
+        h.insert("close", HeaderValue::from_static("1"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
     }
 
     #[test]
