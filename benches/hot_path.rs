@@ -197,12 +197,12 @@ fn bench_header_hygiene(c: &mut Criterion) {
     let mut group = c.benchmark_group("header_hygiene");
     let template = typical_request_headers();
     let host = HeaderValue::from_static("api.example.com");
-    let peer = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 23));
+    let peer = proxy::ip_header(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 23)));
 
     group.bench_function("to_upstream", |b| {
         b.iter_batched_ref(
             || template.clone(),
-            |h| proxy::to_upstream(h, black_box(peer), Some(&host), "http"),
+            |h| proxy::to_upstream(h, black_box(&peer), Some(&host), "http"),
             BatchSize::NumIterations(64),
         )
     });
@@ -260,7 +260,7 @@ fn bench_header_hygiene(c: &mut Criterion) {
             |h| {
                 let id = proxy::request_id(h);
                 proxy::ensure_traceparent(h);
-                proxy::to_upstream(h, black_box(peer), Some(&host), "http");
+                proxy::to_upstream(h, black_box(&peer), Some(&host), "http");
                 id
             },
             BatchSize::NumIterations(64),

@@ -57,7 +57,9 @@ pub async fn handle(
     // The upstream sees the same id the client and the access log see.
     req.headers_mut()
         .insert(proxy::X_REQUEST_ID.clone(), request_id.clone());
-    let mut exchange = Exchange {
+    // Boxed from the start: it ends up in the response body, which hyper
+    // moves several times.
+    let mut exchange = Box::new(Exchange {
         start: Instant::now(),
         method: req.method().clone(),
         path: if snap.access_log {
@@ -85,7 +87,7 @@ pub async fn handle(
         slots: [None, None],
         body_failed: false,
         busy: Some(conn.state.busy()),
-    };
+    });
     let version = req.version();
     let load = Load {
         shedder: &shared.state.shedder,
@@ -424,12 +426,7 @@ fn rewrite(
     };
     // Only forwarded requests need trace context: a refusal skips it.
     proxy::ensure_traceparent(&mut parts.headers);
-    proxy::to_upstream(
-        &mut parts.headers,
-        conn.peer.ip(),
-        host.as_ref(),
-        conn.proto,
-    );
+    proxy::to_upstream(&mut parts.headers, &conn.peer_ip, host.as_ref(), conn.proto);
     Ok(Request::from_parts(
         parts,
         RequestBody::new(

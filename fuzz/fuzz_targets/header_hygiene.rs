@@ -282,7 +282,7 @@ fuzz_target!(|data: &[u8]| {
     proxy::set_client_cert_subject(&mut piped, subject.as_ref());
     proxy::ensure_traceparent(&mut piped);
     let trace = piped.get(&proxy::TRACEPARENT).cloned();
-    proxy::to_upstream(&mut piped, peer, host.as_ref(), proto);
+    proxy::to_upstream(&mut piped, &proxy::ip_header(peer), host.as_ref(), proto);
     assert_eq!(
         piped.get(&proxy::X_REQUEST_ID),
         Some(&id),
@@ -302,7 +302,7 @@ fuzz_target!(|data: &[u8]| {
     // to_upstream (on a request whose hop-by-hop headers are gone, as in
     // the pipeline).
     let mut up = stripped.clone();
-    proxy::to_upstream(&mut up, peer, host.as_ref(), proto);
+    proxy::to_upstream(&mut up, &proxy::ip_header(peer), host.as_ref(), proto);
     assert_no_hop_by_hop(&up, &named, "to_upstream");
     let protos: Vec<&HeaderValue> = up.get_all("x-forwarded-proto").iter().collect();
     assert_eq!(protos, vec![proto], "x-forwarded-proto");

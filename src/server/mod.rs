@@ -54,6 +54,8 @@ use crate::{pipeline, Shared};
 /// What a request knows of its connection.
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's IP address as `X-Forwarded-For` carries it.
+    pub peer_ip: http::HeaderValue,
     /// `X-Forwarded-Proto` for requests on this listener.
     pub proto: &'static str,
     pub state: Arc<ConnState>,
@@ -558,6 +560,7 @@ impl Connection {
         let state = Arc::new(ConnState::new(settings.http2.max_cancelled_streams));
         let info = Arc::new(ConnInfo {
             peer,
+            peer_ip: crate::proxy::ip_header(peer.ip()),
             proto,
             state: state.clone(),
             client_cert_subject,
