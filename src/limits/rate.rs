@@ -162,10 +162,33 @@ pub struct Decision {
 impl Decision {
     /// The `RateLimit` field for this decision.
     pub fn header(&self, policy: &str) -> Option<HeaderValue> {
-        let text = format!("\"{policy}\";r={};t={}", self.remaining, self.reset_secs);
+        // Written by hand: `format!` was 60% of a limited request's
+        // rate-limit cost (callgrind).
+        let mut text = Vec::with_capacity(policy.len() + 48);
+        text.push(b'"');
+        text.extend_from_slice(policy.as_bytes());
+        text.extend_from_slice(b"\";r=");
+        push_decimal(&mut text, self.remaining);
+        text.extend_from_slice(b";t=");
+        push_decimal(&mut text, self.reset_secs);
         // Handed over, not copied: one allocation per response.
         HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
     }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// One policy's buckets (long-lived; see the module docs).
@@ -281,6 +304,26 @@ pub async fn sweep_forever(shared: Arc<crate::Shared>, every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ratelimit_field_text() {
+        let d = Decision {
+            allowed: true,
+            remaining: 0,
+            reset_secs: 18_446_744_073_709_551_615,
+            retry_after_secs: 0,
+        };
+        assert_eq!(
+            d.header("api").unwrap(),
+            "\"api\";r=0;t=18446744073709551615"
+        );
+        let d = Decision {
+            remaining: 1207,
+            reset_secs: 60,
+            ..d
+        };
+        assert_eq!(d.header("per-key").unwrap(), "\"per-key\";r=1207;t=60");
+    }
 
     const SEC: u64 = 1_000_000_000;
 
