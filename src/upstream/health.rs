@@ -14,11 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{HeaderValue, HOST, USER_AGENT};
 use http::{Method, Request, StatusCode, Uri};
+use http_body_util::BodyExt;
 use metrics::Gauge;
 use tokio::sync::watch;
 use tokio::time::Instant;
-
-use http_body_util::BodyExt;
 
 use super::{Endpoint, Pool, SendError, Upstream};
 use crate::body::RequestBody;
