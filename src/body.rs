@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -292,19 +292,25 @@ pub fn linger(body: Incoming) {
     if body.is_end_stream() {
         return;
     }
-    tokio::spawn(async move {
-        let mut body = body;
-        let mut read = 0u64;
-        let deadline = tokio::time::Instant::now() + LINGER_TIME;
-        while read < LINGER_BYTES {
-            match tokio::time::timeout_at(deadline, body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
-                }
-                _ => break,
+    tokio::spawn(drain(
+        body,
+        LINGER_BYTES,
+        tokio::time::Instant::now() + LINGER_TIME,
+    ));
+}
+
+/// Reads `body` and drops what it reads, until it ends, fails, `limit`
+/// bytes were read, or `deadline` passes.
+pub async fn drain<B: Body + Unpin>(mut body: B, limit: u64, deadline: tokio::time::Instant) {
+    let mut read = 0u64;
+    while read < limit {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                read += frame.data_ref().map_or(0, |d| d.remaining() as u64);
             }
+            _ => break,
         }
-    });
+    }
 }
 
 pin_project_lite::pin_project! {

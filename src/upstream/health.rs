@@ -14,13 +14,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{HeaderValue, HOST, USER_AGENT};
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::BodyExt;
 use metrics::Gauge;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Endpoint, Pool, SendError, Upstream};
-use crate::body::RequestBody;
+use crate::body::{self, RequestBody};
 use crate::clock::{millis, Clock};
 use crate::config::{HealthCheckConfig, OutlierConfig, StatusRange};
 
@@ -262,7 +261,7 @@ fn accepts(ranges: &[StatusRange], status: StatusCode) -> bool {
 
 /// The most of a check's response body read, so its connection can be
 /// used again; a longer body closes the connection.
-const CHECK_BODY_BYTES: usize = 64 << 10;
+const CHECK_BODY_BYTES: u64 = 64 << 10;
 
 /// One check, on a pooled connection like a request's: a dead idle
 /// connection fails the check no more than it would fail a request.
@@ -273,7 +272,7 @@ async fn check_once(
     let uri = Uri::try_from(s.config.path.as_str()).map_err(|_| "invalid check URI")?;
     let host = match &s.config.host {
         Some(h) => HeaderValue::from_str(h).map_err(|_| "invalid host")?,
-        None => HeaderValue::from_str(endpoint.authority.as_str()).map_err(|_| "invalid host")?,
+        None => endpoint.host.clone(),
     };
     let mut req = Request::new(RequestBody::empty());
     *req.method_mut() = Method::GET;
@@ -291,14 +290,8 @@ async fn check_once(
         Err(_) => return Err("timeout"),
     };
     let status = resp.status();
-    // Read to the end (bounded), which gives the connection back.
-    let mut body = resp.into_body();
-    let mut read = 0;
-    while read <= CHECK_BODY_BYTES {
-        match tokio::time::timeout_at(deadline, body.frame()).await {
-            Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, |d| d.len()),
-            _ => break,
-        }
-    }
+    // Read to the end (bounded), which gives the connection back; one
+    // byte past the limit tells a longer body.
+    body::drain(resp.into_body(), CHECK_BODY_BYTES + 1, deadline).await;
     Ok(status)
 }
