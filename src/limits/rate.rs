@@ -162,33 +162,19 @@ pub struct Decision {
 impl Decision {
     /// The `RateLimit` field for this decision.
     pub fn header(&self, policy: &str) -> Option<HeaderValue> {
-        // Written by hand: `format!` was 60% of a limited request's
+        // Without `fmt`: `format!` was 60% of a limited request's
         // rate-limit cost (callgrind).
         let mut text = Vec::with_capacity(policy.len() + 48);
         text.push(b'"');
         text.extend_from_slice(policy.as_bytes());
         text.extend_from_slice(b"\";r=");
-        push_decimal(&mut text, self.remaining);
+        let mut digits = itoa::Buffer::new();
+        text.extend_from_slice(digits.format(self.remaining).as_bytes());
         text.extend_from_slice(b";t=");
-        push_decimal(&mut text, self.reset_secs);
+        text.extend_from_slice(digits.format(self.reset_secs).as_bytes());
         // Handed over, not copied: one allocation per response.
         HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
     }
-}
-
-/// Appends `n` in decimal.
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// One policy's buckets (long-lived; see the module docs).
