@@ -267,12 +267,11 @@ impl IdleConns {
     }
 
     /// Closes connections idle for [`IDLE_TIMEOUT`] (the periodic sweep,
-    /// for endpoints no request reaches); returns how many are left.
-    pub fn sweep(&self) -> usize {
+    /// for endpoints no request reaches), and those already closed.
+    pub fn sweep(&self) {
         let mut idle = lock(&self.0);
         expire(&mut idle, Instant::now());
         idle.retain(|c| !c.sender.is_closed());
-        idle.len()
     }
 
     /// How many connections are idle.
@@ -372,21 +371,21 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let mut this = self.project();
         let polled = this.body.as_mut().poll_frame(cx);
-        match &polled {
+        let ended = match &polled {
             // With a known length the last data frame ends it: the client
             // side stops polling there.
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => {
-                if let Some(lease) = this.lease.take() {
-                    lease.release();
-                }
+            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Err(_))) => {
+                *this.lease = None;
+                false
             }
-            Poll::Ready(None) => {
-                if let Some(lease) = this.lease.take() {
-                    lease.release();
-                }
+            Poll::Pending => false,
+        };
+        if ended {
+            if let Some(lease) = this.lease.take() {
+                lease.release();
             }
-            Poll::Ready(Some(Err(_))) => *this.lease = None,
-            _ => {}
         }
         polled
     }
