@@ -5,10 +5,12 @@
 #
 # Each proxy runs with one worker pinned to one core (PROXY_CORE, default 0);
 # `wrk -t1 -c64` and the upstream share the other core (LOAD_CORE, default 1),
-# the same for every proxy. Runs are interleaved (B P N H B P N H ...) and each
-# figure is the median over the rounds. The headline figure is the proxy's CPU
-# time per request (user and kernel, from /proc/PID/stat), because on 2 cores
-# req/s may be capped by wrk + upstream rather than by the proxy.
+# the same for every proxy (the handshake and resume scenarios: the
+# handshake_load client instead of wrk, see HS_CLIENT). Runs are interleaved
+# (B P N H B P N H ...) and each figure is the median over the rounds. The
+# headline figure is the proxy's CPU time per request (user and kernel, from
+# /proc/PID/stat), because on 2 cores req/s may be capped by wrk + upstream
+# rather than by the proxy.
 # See docs/benchmarks.md for how to read the output.
 #
 # Scenarios (SCENARIOS, run one after the other, each with its own tables):
@@ -16,15 +18,22 @@
 #              forwards over keep-alive HTTP/1.1 to the upstream.
 #   https      the same over TLS: wrk -c$CONNS to https://, each proxy
 #              terminating TLS, plain HTTP to the same upstream.
-#   handshake  a full TLS handshake per request: wrk -c$CONNS_HANDSHAKE with
-#              `Connection: close`, req/s = handshakes/s, and the CPU figure
-#              is per handshake (handshake + one proxied request). wrk keeps
-#              its session across reconnects (SSL_clear) and so would resume
-#              it: a 10-line LD_PRELOAD shim, built with cc into the temp dir,
-#              drops that session before each SSL_connect. No cc: skipped.
-#   resume     (not in the default) the same, but wrk resumes its session:
-#              TLS 1.3 PSK with a fresh X25519 exchange, no certificate and
-#              no signature.
+#   handshake  a full TLS handshake per request: $CONNS_HANDSHAKE closed
+#              loops of connect, handshake, one GET with `Connection: close`,
+#              read to EOF; req/s = handshakes/s, and the CPU figure is per
+#              handshake (handshake + one proxied request). The client is
+#              HS_CLIENT (below): by default benches/handshake_load.rs, a
+#              rustls client with resumption disabled. wrk + OpenSSL 3.0
+#              costs ~0.9 ms of CPU per full handshake, so on 2 cores it
+#              cannot drive more than ~1,000/s and the proxy core sits half
+#              idle: it measures wrk, not the proxy. With HS_CLIENT=wrk: wrk
+#              keeps its session across reconnects (SSL_clear) and so would
+#              resume it: a 10-line LD_PRELOAD shim, built with cc into the
+#              temp dir, drops that session before each SSL_connect (no cc:
+#              skipped).
+#   resume     (not in the default) the same, but the client resumes its
+#              session: TLS 1.3 PSK with a fresh X25519 exchange, no
+#              certificate and no signature (handshake_load --resume, or wrk).
 #   jwt        plain HTTP keep-alive to a route with `auth: { jwt, scopes }`,
 #              Portcullis only (the peers have no JWT validation): wrk's Lua
 #              script cycles through 100 ES256 tokens (100 clients), so this
@@ -106,7 +115,8 @@
 #   benches/load.sh --quick      1 round of 3 s (smoke test)
 #   benches/load.sh --install    apt-get install wrk, nginx-light, haproxy, openssl and redis-server first
 #   benches/load.sh --no-build   use target/release/portcullis and the newest
-#                                target/release/deps/baseline_proxy-* as they are
+#                                target/release/deps/baseline_proxy-* and
+#                                handshake_load-* as they are
 #   SCENARIOS=handshake benches/load.sh --quick   one scenario only
 #   SCENARIOS="http ratelimit flood" benches/load.sh --no-build   rate limits (issue 5)
 #   SCENARIOS=canary PROXIES=portcullis benches/load.sh --no-build   sticky canary split (issue 6)
@@ -131,6 +141,25 @@
 #   BASE_PORT=18600  first port tried; ports in use are skipped
 #   PORTCULLIS_BIN=path  binary to test (implies --no-build)
 #   BASELINE_BIN=path    baseline_proxy executable to use (not built then)
+#   HS_CLIENT=rustls|wrk  the client of the handshake and resume scenarios:
+#                  rustls (default) is benches/handshake_load.rs, built with
+#                  `cargo bench --no-run --bench handshake_load` (X25519 key
+#                  share, TLS_AES_256_GCM_SHA384 first, as wrk's OpenSSL 3.0;
+#                  ALPN http/1.1; full handshakes unless resume); it prints
+#                  its own CPU per handshake. Without it (--no-build and none
+#                  built) the script falls back to wrk with a message, or
+#                  stops when HS_CLIENT=rustls was given.
+#                  wrk: wrk + OpenSSL, ~1,000 full handshakes/s at most here.
+#   HS_CLIENT_BIN=path   handshake_load executable to use (not built then)
+#   HS_VERIFY=0    handshake_load checks neither the certificate nor the
+#                  handshake signature (--no-verify): the proxy does the same
+#                  work either way, and the client saves an ECDSA P-256
+#                  verification per full handshake (OpenSSL 3.0 `speed` here:
+#                  82 µs to verify, 30 to sign). A rustls client costs about
+#                  what a rustls server does per handshake, so that is the
+#                  headroom that leaves Portcullis's core the limit on 2 cores.
+#                  1: it pins the bench certificate and checks the signature
+#                  (as wrk checks the signature)
 #   KEEP_TMP=1     keep the generated configs and logs
 
 # The whole script is one block, so bash parses it all before running it and
@@ -167,6 +196,11 @@ PROXIES=${PROXIES:-baseline portcullis nginx haproxy}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 BASE_PORT=${BASE_PORT:-18600}
+# HS_CLIENT_SET: given by the user (then a missing handshake_load is fatal,
+# not a fallback to wrk).
+HS_CLIENT_SET=${HS_CLIENT:+1}
+HS_CLIENT=${HS_CLIENT:-rustls}
+HS_VERIFY=${HS_VERIFY:-0}
 [[ -n ${PORTCULLIS_BIN:-} ]] && BUILD=0
 
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
@@ -174,6 +208,8 @@ BASE_PORT=${BASE_PORT:-18600}
 [[ $CONNS_HANDSHAKE =~ ^[1-9][0-9]*$ ]] || die "CONNS_HANDSHAKE must be a positive integer, got '$CONNS_HANDSHAKE'"
 if [[ ! $FLOOD_PCT =~ ^[0-9]+$ ]] || (( FLOOD_PCT > 100 )); then die "FLOOD_PCT must be an integer 0-100, got '$FLOOD_PCT'"; fi
 [[ $REDIS_STORE_TIMEOUT =~ ^[0-9]+(ms|s)$ ]] || die "REDIS_STORE_TIMEOUT must look like 5ms or 1s, got '$REDIS_STORE_TIMEOUT'"
+[[ $HS_CLIENT == rustls || $HS_CLIENT == wrk ]] || die "HS_CLIENT must be rustls or wrk, got '$HS_CLIENT'"
+[[ $HS_VERIFY == 0 || $HS_VERIFY == 1 ]] || die "HS_VERIFY must be 0 or 1, got '$HS_VERIFY'"
 scenarios=()
 for sc in $SCENARIOS; do
     case "$sc" in
@@ -185,8 +221,12 @@ done
 # TLS=1 when a scenario needs the proxies' TLS listeners.
 TLS=0 HAS_HTTP=0
 JWT=0 RL=0 CANARY=0 REDIS=0
+# HS=1 when handshake or resume runs (their client is HS_CLIENT); ONLY_HS=1
+# when nothing else does (wrk is then needed only with HS_CLIENT=wrk).
+HS=0 ONLY_HS=1
 for sc in "${scenarios[@]}"; do
     case "$sc" in http) HAS_HTTP=1 ;; jwt) JWT=1 ;; ratelimit|flood) RL=1 ;; canary) CANARY=1 ;; redis) REDIS=1 ;; *) TLS=1 ;; esac
+    case "$sc" in handshake|resume) HS=1 ;; *) ONLY_HS=0 ;; esac
 done
 # wrk duration -> seconds, for time bounds.
 secs() {
@@ -211,7 +251,9 @@ if [[ $INSTALL == 1 ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx-light haproxy openssl redis-server \
         || DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx haproxy openssl redis-server
 fi
-command -v wrk >/dev/null || die "wrk is required: apt-get install wrk (or run with --install)"
+if (( ! ONLY_HS )) || [[ $HS_CLIENT == wrk ]]; then
+    command -v wrk >/dev/null || die "wrk is required: apt-get install wrk (or run with --install)"
+fi
 if (( TLS )); then
     command -v openssl >/dev/null || die "the TLS scenarios need openssl (apt-get install openssl), or set SCENARIOS=http"
 fi
@@ -308,6 +350,35 @@ if [[ " ${selected[*]} " == *" baseline "* ]]; then
     fi
 fi
 
+# The handshake client (HS_CLIENT=rustls): a bench target too, built and
+# found like the baseline. Without one the handshake and resume scenarios
+# fall back to wrk, unless HS_CLIENT=rustls was asked for.
+HS_SRC=""
+if (( HS )) && [[ $HS_CLIENT == rustls ]]; then
+    if [[ -n ${HS_CLIENT_BIN:-} ]]; then
+        HS_SRC=$HS_CLIENT_BIN
+        [[ -x $HS_SRC ]] || die "HS_CLIENT_BIN=$HS_SRC is not an executable"
+    elif [[ $BUILD == 1 ]]; then
+        note "cargo bench --no-run --bench handshake_load"
+        hs_json=$(cd "$REPO" && cargo bench --no-run --quiet --bench handshake_load --message-format=json-render-diagnostics) \
+            || die "cargo bench --no-run --bench handshake_load failed"
+        HS_SRC=$(grep '"reason":"compiler-artifact"' <<<"$hs_json" \
+            | sed -n 's|.*"executable":"\([^"]*/handshake_load-[0-9a-f]*\)".*|\1|p' | tail -1 || true)
+        [[ -n $HS_SRC && -x $HS_SRC ]] || die "cargo bench --no-run did not report a handshake_load executable"
+    else
+        for f in "$REPO"/target/release/deps/handshake_load-*; do
+            [[ -f $f && -x $f && ${f##*/} != *.* ]] || continue  # not the .d files
+            [[ -z $HS_SRC || $f -nt $HS_SRC ]] && HS_SRC=$f
+        done
+    fi
+    if [[ -z $HS_SRC ]]; then
+        [[ -z $HS_CLIENT_SET ]] || die "HS_CLIENT=rustls: no target/release/deps/handshake_load-* (build it with cargo bench --no-run --bench handshake_load, or drop --no-build)"
+        note "the handshake and resume scenarios fall back to wrk: no target/release/deps/handshake_load-* (build it with cargo bench --no-run --bench handshake_load, or drop --no-build)"
+        HS_CLIENT=wrk
+        command -v wrk >/dev/null || die "wrk is required: apt-get install wrk (or run with --install)"
+    fi
+fi
+
 # ---------------------------------------------------------------- cleanup
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-load.XXXXXX")
 PIDS=()
@@ -339,6 +410,8 @@ BIN=$TMP/bin/portcullis
 cp "$SRC_BIN" "$BIN"
 BL_BIN=$TMP/bin/baseline_proxy
 [[ -n $BL_SRC ]] && cp "$BL_SRC" "$BL_BIN"
+HS_BIN=$TMP/bin/handshake_load
+[[ -n $HS_SRC ]] && cp "$HS_SRC" "$HS_BIN"
 
 # ---------------------------------------------------------------- ports
 NEXT_PORT=$BASE_PORT
@@ -536,7 +609,7 @@ if (( TLS )); then
     # keeps its session, so each reconnect would resume it. The shim drops
     # the session before a handshake starts: every connection is a full
     # handshake (checked once with NGINX's $ssl_session_reused: all ".").
-    if [[ " ${scenarios[*]} " == *" handshake "* ]]; then
+    if [[ " ${scenarios[*]} " == *" handshake "* && $HS_CLIENT == wrk ]]; then
         cat >"$TMP/tls/noresume.c" <<'EOF'
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -555,7 +628,7 @@ EOF
             && cc -O2 -shared -fPIC -o "$TMP/tls/noresume.so" "$TMP/tls/noresume.c" -ldl >"$TMP/tls/cc.log" 2>&1; then
             NORESUME_SO=$TMP/tls/noresume.so
         else
-            note "skipping the handshake scenario: no C compiler (cc) to build the no-resumption shim for wrk (try SCENARIOS=resume)"
+            note "skipping the handshake scenario: no C compiler (cc) to build the no-resumption shim for wrk (try HS_CLIENT=rustls, or SCENARIOS=resume)"
             keep=()
             for sc in "${scenarios[@]}"; do [[ $sc == handshake ]] || keep+=("$sc"); done
             scenarios=("${keep[@]}")
@@ -992,15 +1065,33 @@ fi
 cpu_model=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
 echo "# Portcullis load test, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "machine: $NCPU cores, ${cpu_model:-unknown CPU}, Linux $(uname -r)"
-echo "versions: $ver_pc$ver_hyper, nginx $ver_nginx, haproxy $ver_haproxy, $(wrk -v 2>&1 | awk 'NR == 1 {print "wrk", $2}' || true)"
+ver_wrk=$(command -v wrk >/dev/null && { wrk -v 2>&1 | awk 'NR == 1 {print "wrk", $2}' || true; })
+ver_wrk=${ver_wrk:-wrk not installed}
+# handshake_load is built from the locked crates: report the rustls it uses.
+ver_hs=""
+if (( HS )) && [[ $HS_CLIENT == rustls ]]; then
+    ver_hs=$(awk '$1 == "name" && $3 == "\"rustls\"" { getline; gsub(/"/, "", $3); print $3; exit }' "$REPO/Cargo.lock" 2>/dev/null || true)
+    ver_hs=", handshake_load (rustls ${ver_hs:-?}, aws-lc-rs)"
+fi
+echo "versions: $ver_pc$ver_hyper, nginx $ver_nginx, haproxy $ver_haproxy, $ver_wrk$ver_hs"
 echo "setup: proxies on core $PROXY_CORE (1 worker each); wrk -t1 -c$CONNS and upstream on core $LOAD_CORE"
+if (( HS )); then
+    if [[ $HS_CLIENT == rustls ]]; then
+        echo "setup: handshake/resume client (HS_CLIENT=rustls): handshake_load -c$CONNS_HANDSHAKE on core $LOAD_CORE, one current-thread runtime"
+    else
+        echo "setup: handshake/resume client (HS_CLIENT=wrk): wrk -t1 -c$CONNS_HANDSHAKE -H 'Connection: close' on core $LOAD_CORE"
+    fi
+fi
 echo "upstream: $UP_DESC"
 echo "scenarios: ${scenarios[*]}"
 if [[ -n $REDIS_PID ]]; then
     echo "redis: redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on 127.0.0.1:$REDIS_PORT, core $LOAD_CORE (with wrk and the upstream), no persistence; policies rate 1e8/s burst 1e8 on store local, $REDIS_URL sync exact, and sync batched lease $REDIS_LEASE (store_timeout $REDIS_STORE_TIMEOUT, on_store_error local)"
 fi
 if (( TLS )) && (( ${#tls_selected[@]} > 0 )); then
-    echo "tls: one self-signed ECDSA P-256 certificate for all (SAN localhost, 127.0.0.1); TLS 1.2 + 1.3; session cache and tickets on; wrk to https://$TLS_HOST (SNI $TLS_HOST); the hyper baseline has no TLS (skipped in the TLS scenarios)"
+    echo "tls: one self-signed ECDSA P-256 certificate for all (SAN localhost, 127.0.0.1); TLS 1.2 + 1.3; session cache and tickets on; clients to https://$TLS_HOST (SNI $TLS_HOST); the hyper baseline has no TLS (skipped in the TLS scenarios)"
+    if (( HS )) && [[ $HS_CLIENT == rustls ]]; then
+        echo "tls: handshake_load offers TLS 1.2 + 1.3, a key share for X25519 only (P-256 and P-384 listed, no ML-KEM: as OpenSSL 3.0), rustls's cipher order (TLS_AES_256_GCM_SHA384 first, as OpenSSL), ALPN http/1.1; $( (( HS_VERIFY )) && echo "it trusts the bench certificate by pinning it (the CertificateVerify signature is checked)" || echo "HS_VERIFY=0: it checks neither the certificate nor the handshake signature"); its per-round \"client:\" line shows what each proxy negotiated"
+    fi
     echo "tls: what wrk's OpenSSL ($(openssl version | awk '{print $1, $2}')) negotiates with each proxy:"
     for p in "${tls_selected[@]}"; do
         printf 'tls:   %-11s %s\n' "${LABEL[$p]}" "$(tls_info "${TLS_PORT[$p]}")"
@@ -1025,13 +1116,14 @@ WRK_BOUND=$(( $(secs "$DURATION") + 30 ))
 WARM_BOUND=$(( $(secs "$WARMUP") + 30 ))
 URL_PATH=/api/bench
 
-# wrk on the load core, bounded in time; run in the background and waited
-# for, so that a signal stops the script at once instead of after the run.
-# WRK_PRELOAD: a library for wrk's LD_PRELOAD (the no-resumption shim).
+# The load client (wrk, or handshake_load) on the load core, bounded in
+# time; run in the background and waited for, so that a signal stops the
+# script at once instead of after the run. WRK_PRELOAD: a library for wrk's
+# LD_PRELOAD (the no-resumption shim).
 WRK_PID="" WRK_PRELOAD=""
-run_wrk() {  # run_wrk BOUND_SECONDS OUTFILE WRK_ARGS...
+run_load() {  # run_load BOUND_SECONDS OUTFILE CMD ARGS...
     local bound=$1 out=$2; shift 2
-    timeout "$bound" taskset -c "$LOAD_CORE" env ${WRK_PRELOAD:+LD_PRELOAD="$WRK_PRELOAD"} wrk "$@" >"$out" 2>&1 &
+    timeout "$bound" taskset -c "$LOAD_CORE" env ${WRK_PRELOAD:+LD_PRELOAD="$WRK_PRELOAD"} "$@" >"$out" 2>&1 &
     WRK_PID=$!
     local rc=0
     wait "$WRK_PID" || rc=$?
@@ -1051,8 +1143,20 @@ children_ms() {  # children_ms VAR
 declare -A SC_TITLE SC_RATE SC_UNIT
 SC_TITLE[http]="plain HTTP/1.1 keep-alive (wrk -t1 -c$CONNS, http://)"
 SC_TITLE[https]="HTTPS keep-alive (wrk -t1 -c$CONNS, https://; TLS to the proxy, plain HTTP to the upstream)"
-SC_TITLE[handshake]="a full TLS handshake per request (wrk -t1 -c$CONNS_HANDSHAKE -H 'Connection: close', https://; resumption dropped by the shim)"
-SC_TITLE[resume]="a resumed TLS session per request (wrk -t1 -c$CONNS_HANDSHAKE -H 'Connection: close', https://; TLS 1.3 PSK + X25519)"
+# SC_CLIENT: the load client's name in the output (wrk unless set).
+declare -A SC_CLIENT
+if [[ $HS_CLIENT == rustls ]]; then
+    SC_TITLE[handshake]="a full TLS handshake per request (handshake_load -c$CONNS_HANDSHAKE, a rustls client, resumption disabled; GET with 'Connection: close', https://)"
+    SC_TITLE[resume]="a resumed TLS session per request (handshake_load -c$CONNS_HANDSHAKE --resume, a rustls client with a session cache per connection loop; GET with 'Connection: close', https://; TLS 1.3 PSK + X25519)"
+    SC_CLIENT[handshake]=handshake_load SC_CLIENT[resume]=handshake_load
+    if (( ! HS_VERIFY )); then
+        SC_TITLE[handshake]+=" (HS_VERIFY=0: the client verifies nothing)"
+        SC_TITLE[resume]+=" (HS_VERIFY=0: the client verifies nothing)"
+    fi
+else
+    SC_TITLE[handshake]="a full TLS handshake per request (wrk -t1 -c$CONNS_HANDSHAKE -H 'Connection: close', https://; resumption dropped by the shim)"
+    SC_TITLE[resume]="a resumed TLS session per request (wrk -t1 -c$CONNS_HANDSHAKE -H 'Connection: close', https://; TLS 1.3 PSK + X25519)"
+fi
 SC_TITLE[jwt]="plain HTTP/1.1 keep-alive to a JWT-protected route (wrk -t1 -c$CONNS, 100 ES256 tokens in turn; Portcullis only)"
 SC_TITLE[ratelimit]="plain HTTP/1.1 keep-alive with '$RL_KEY_HEADER' to a route whose rate-limit policy never refuses (rate 1e8/s, burst 1e8), rounds alternating with the policy-free route (wrk -t1 -c$CONNS; Portcullis only)"
 SC_TITLE[flood]="plain HTTP/1.1 keep-alive to a route limited to 100/s, burst 100 per x-api-key: $FLOOD_PCT% of requests with one hot key (429), the rest with 1000 keys in turn (proxied) (wrk -t1 -c$CONNS; Portcullis only)"
@@ -1067,7 +1171,7 @@ SC_RATE[http]="req/s"; SC_RATE[https]="req/s"; SC_RATE[handshake]="handshakes/s"
 SC_UNIT[http]="µs/req"; SC_UNIT[https]="µs/req"; SC_UNIT[handshake]="µs/handshake"; SC_UNIT[resume]="µs/handshake"
 
 run_one() {  # run_one scenario proxy round
-    local sc=$1 p=$2 r=$3 pid=${PID[$2]} out=$TMP/wrk-$1-$2-$3.txt url conns
+    local sc=$1 p=$2 r=$3 pid=${PID[$2]} out=$TMP/wrk-$1-$2-$3.txt url conns client=${SC_CLIENT[$1]:-wrk}
     local -a hdr=()
     case "$sc" in
         http) url="http://127.0.0.1:${PORT[$p]}$URL_PATH"; conns=$CONNS ;;
@@ -1087,13 +1191,24 @@ run_one() {  # run_one scenario proxy round
                    hdr=(-H "Connection: close") ;;
     esac
     WRK_PRELOAD=""
-    [[ $sc == handshake ]] && WRK_PRELOAD=$NORESUME_SO
+    [[ $sc == handshake && $client == wrk ]] && WRK_PRELOAD=$NORESUME_SO
+    # The command lines of the warm-up and of the measured run: wrk's, or
+    # handshake_load's (same connections, same URL; its output has the lines
+    # of wrk's that are read below). Run as: load, duration, measured-only
+    # (--latency), load_tail.
+    local -a load=(wrk -t1 -c"$conns") load_tail=("${hdr[@]}" "$url") dur_warm=(-d"$WARMUP") dur_run=(-d"$DURATION") latency=(--latency)
+    if [[ $client == handshake_load ]]; then
+        load=("$HS_BIN" --url "$url" --connections "$conns" --cacert "$TMP/tls/cert.pem")
+        (( HS_VERIFY )) || load=("$HS_BIN" --url "$url" --connections "$conns" --no-verify)
+        [[ $sc == resume ]] && load+=(--resume)
+        load_tail=() dur_warm=(--duration "$WARMUP") dur_run=(--duration "$DURATION") latency=()
+    fi
     kill -0 "$pid" 2>/dev/null || { note "${LABEL[$p]} died before round $r; its log:"; tail -20 "$TMP/$p/out.log" >&2; exit 1; }
     # redis: the gateway's counters before the warm-up too (checks that fell
     # back during the warm-up are reported, not fatal).
     if [[ $sc == redis ]]; then http_get "$PC_ADMIN" /metrics >"$TMP/metrics-$sc-$p-$r-warm.txt"; fi
     if [[ $(secs "$WARMUP") -gt 0 ]]; then
-        run_wrk "$WARM_BOUND" /dev/null -t1 -c"$conns" -d"$WARMUP" "${hdr[@]}" "$url" \
+        run_load "$WARM_BOUND" /dev/null "${load[@]}" "${dur_warm[@]}" "${load_tail[@]}" \
             || note "warm-up of ${LABEL[$p]} failed"
     fi
     local u0 s0 u1 s1 uu0 us0 uu1 us1 b0 t0 b0b t0b b1 t1 b1b t1b w0 w1 set0 set1
@@ -1130,8 +1245,8 @@ run_one() {  # run_one scenario proxy round
     read -r b0 t0 < <(core_ticks "$PROXY_CORE")
     read -r b1 t1 < <(core_ticks "$LOAD_CORE")
     children_ms w0
-    run_wrk "$WRK_BOUND" "$out" -t1 -c"$conns" -d"$DURATION" --latency "${hdr[@]}" "$url" \
-        || { note "wrk against ${LABEL[$p]} failed or timed out:"; cat "$out" >&2; exit 1; }
+    run_load "$WRK_BOUND" "$out" "${load[@]}" "${dur_run[@]}" "${latency[@]}" "${load_tail[@]}" \
+        || { note "$client against ${LABEL[$p]} failed or timed out:"; cat "$out" >&2; exit 1; }
     children_ms w1
     read -r u1 s1 < <(cpu_ticks "$pid")
     read -r uu1 us1 < <(cpu_ticks "$UP_PID")
@@ -1218,7 +1333,7 @@ run_one() {  # run_one scenario proxy round
     p99=$(to_ms "$(awk '$1 == "99%" {print $2; exit}' "$out")")
     sockerr=$(awk '/Socket errors:/{gsub(",", ""); print $4 + $6 + $8 + $10; exit}' "$out")
     non2xx=$(awk '/Non-2xx or 3xx responses:/{print $NF; exit}' "$out")
-    [[ -n $reqs && $reqs -gt 0 ]] || { note "wrk against ${LABEL[$p]} completed no request:"; cat "$out" >&2; exit 1; }
+    [[ -n $reqs && $reqs -gt 0 ]] || { note "$client against ${LABEL[$p]} completed no request:"; cat "$out" >&2; exit 1; }
     # flood: the 429s are the point, not errors; an error is any other
     # status the gateway answered on the route.
     local non2xx_wrk=${non2xx:-0}
@@ -1246,13 +1361,23 @@ run_one() {  # run_one scenario proxy round
                 rcmds, rcalls, rerrs, rcpu, rerrrep, rall
         }' >>"$RESULTS"
     # handshake: "hs/s" and "µs/hs" keep the line as wide as the others.
-    tail -1 "$RESULTS" | awk -F'\t' -v l="${LABEL[$p]}" \
+    tail -1 "$RESULTS" | awk -F'\t' -v l="${LABEL[$p]}" -v client="$client" \
         -v rate="$([[ $sc == handshake || $sc == resume ]] && echo "hs/s " || echo "req/s")" \
         -v unit="$([[ $sc == handshake || $sc == resume ]] && echo "µs/hs " || echo "µs/req")" '{
-        printf "round %s  %-14s %6s %s  p50 %6.2f ms  p99 %6.2f ms  proxy %6.2f %s (user %.2f, sys %.2f)  rss %5.1f MiB  | wrk %.2f, upstream %.2f %s | others on cores: %.0f%%, %.0f%%%s\n",
-            $2, l, $3, rate, $4, $5, $8, unit, $6, $7, $9, $15, $16, unit, $14, $17,
+        printf "round %s  %-14s %6s %s  p50 %6.2f ms  p99 %6.2f ms  proxy %6.2f %s (user %.2f, sys %.2f)  rss %5.1f MiB  | %s %.2f, upstream %.2f %s | others on cores: %.0f%%, %.0f%%%s\n",
+            $2, l, $3, rate, $4, $5, $8, unit, $6, $7, $9, client, $15, $16, unit, $14, $17,
             ($10 + $11 > 0 ? sprintf("  ERRORS: %d socket, %d non-2xx", $10, $11) : "")
     }'
+    # handshake_load: the handshake kinds (full or resumed, as the scenario
+    # wants), what was negotiated, and its own CPU (getrusage).
+    if [[ $client == handshake_load ]]; then
+        awk '/^  Handshakes:/ { sub(/^  Handshakes: /, ""); h = $0 } /^  Negotiated:/ { sub(/^  Negotiated: /, ""); n = $0 }
+             /^  Client CPU:/ { sub(/^  Client CPU: /, ""); c = $0 } /^  Closed without close_notify:/ { u = "; " $4 " closed without close_notify" }
+             END { printf "         client: %s%s; %s; CPU %s\n", h, u, n, c }' "$out"
+        if [[ $sc == handshake ]] && ! grep -q '^  Handshakes: [0-9]* full, [0-9]* full with HelloRetryRequest, 0 resumed' "$out"; then
+            note "WARNING: round $r of ${LABEL[$p]}: handshake_load resumed sessions in the handshake scenario"
+        fi
+    fi
     if [[ $sc == flood ]]; then
         tail -1 "$RESULTS" | awk -F'\t' -v wbad="${non2xx_wrk:-0}" '{
             t = $21 + $22 + $23
@@ -1279,7 +1404,7 @@ summarize() {  # summarize SCENARIO PROXY...: the tables of one scenario
     local sc=$1; shift
     local -a procs=("$@")
     local -A M
-    local p c rate=${SC_RATE[$sc]} unit=${SC_UNIT[$sc]}
+    local p c rate=${SC_RATE[$sc]} unit=${SC_UNIT[$sc]} client=${SC_CLIENT[$sc]:-wrk}
     for p in "${procs[@]}"; do
         for c in 3 4 5 6 7 8 9 12 13 14 15 16 17; do M[$p,$c]=$(col "$p" "$c"); done
         M[$p,err]=$(awk -F'\t' -v p="$p" '$1 == p {s += $10 + $11} END {print s + 0}' "$RESULTS")
@@ -1295,11 +1420,11 @@ summarize() {  # summarize SCENARIO PROXY...: the tables of one scenario
     done
     echo
     echo "Where the time went (medians). The proxy is the limit when its core is ~100% busy with it;"
-    echo "wrk + upstream are when theirs is: 1e6 / (wrk + upstream $unit) is the most $rate the load"
+    echo "$client + upstream are when theirs is: 1e6 / ($client + upstream $unit) is the most $rate the load"
     echo "core can drive. \"others\" is CPU time on a core that belongs to none of the processes under"
     echo "test (a concurrent build, kernel threads): above a few % the run is noisy."
     echo
-    echo "| proxy | core $PROXY_CORE busy % | others on core $PROXY_CORE % | core $LOAD_CORE busy % | others on core $LOAD_CORE % | wrk $unit | upstream $unit | errors (socket + non-2xx, all runs) |"
+    echo "| proxy | core $PROXY_CORE busy % | others on core $PROXY_CORE % | core $LOAD_CORE busy % | others on core $LOAD_CORE % | $client $unit | upstream $unit | errors (socket + non-2xx, all runs) |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for p in "${procs[@]}"; do
         printf "| %s | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f | %d |\n" "${LABEL[$p]}" \
