@@ -8,7 +8,7 @@
 #
 # Knobs (environment):
 #   FUZZ_SECONDS     seconds per target (default 120)
-#   FUZZ_TARGETS     which targets (default: all four)
+#   FUZZ_TARGETS     which targets (default: all five)
 #   FUZZ_SANITIZER   cargo-fuzz sanitizer (default none: the crate is
 #                    #![forbid(unsafe_code)], and this doubles throughput;
 #                    `address` to include its dependencies' unsafe code)
@@ -42,7 +42,7 @@ set -uo pipefail
 cd "$(dirname "$0")"
 FUZZ_DIR=$(pwd)
 SECS=${FUZZ_SECONDS:-120}
-TARGETS=${FUZZ_TARGETS:-"config_load route_match header_hygiene jwt_parse"}
+TARGETS=${FUZZ_TARGETS:-"config_load route_match header_hygiene jwt_parse upstream_h1"}
 SANITIZER=${FUZZ_SANITIZER:-none}
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 BIN_DIR="$FUZZ_DIR/target/$TRIPLE/release"

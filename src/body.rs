@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 
 use crate::error::Reject;
 use crate::telemetry::Exchange;
-use crate::upstream::UpstreamBody;
+use crate::upstream::{SendError, UpstreamBody};
 
 /// The client's request body failed on its way upstream: the client's
 /// fault, never the upstream's (no breaker, retry or outlier counts it).
@@ -368,12 +368,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = SendError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, SendError>>> {
         let mut this = self.project();
         let busy = this.exchange.as_mut().and_then(|ex| ex.busy.as_mut());
         if let Some(busy) = busy {

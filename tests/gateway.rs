@@ -155,6 +155,96 @@ async fn an_upstream_closing_its_connections_costs_no_request() {
     assert_eq!(metric(&metrics, opened), 1.0, "{metrics}");
 }
 
+/// An upstream that answers each path with a fixed answer, framed its way;
+/// `/until-close` and `/http10` end their connection after answering.
+async fn framing_upstream() -> std::net::SocketAddr {
+    spawn_raw(move |mut s| async move {
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                buf.drain(..end + 4);
+                let mut line = head.split(' ');
+                let (method, path) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
+                let answer: &[u8] = match (method, path) {
+                    ("HEAD", _) => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                    (_, "/length") => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+                    (_, "/chunked") => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-checksum: 1\r\n\r\n",
+                    (_, "/no-content") => b"HTTP/1.1 204 No Content\r\n\r\n",
+                    (_, "/continue") => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                    (_, "/until-close") => b"HTTP/1.1 200 OK\r\n\r\nuntil the end",
+                    (_, "/http10") => b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n10",
+                    _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+                };
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                if path == "/until-close" || path == "/http10" {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_framing_is_relayed_and_only_clean_connections_reused() {
+    let opened = r#"portcullis_upstream_connections_opened_total{upstream="up"}"#;
+    let up = framing_upstream().await;
+    let gw = start_gateway(&simple_config(&[up], "", "")).await;
+    let addr = gw.addr("http").unwrap();
+    let client = http1_client();
+    let opened_now = || async { metric(&admin(&gw, "/metrics").await.body, opened) };
+
+    // Length, chunked (extensions and trailers), 204, HEAD and a 100
+    // Continue before the answer: all on one kept-alive connection.
+    for (path, status, body) in [
+        ("/length", 200, "hello"),
+        ("/chunked", 200, "hello world"),
+        ("/no-content", 204, ""),
+        ("/continue", 200, "ok"),
+        ("/length", 200, "hello"),
+    ] {
+        let a = get(addr, path).await;
+        assert_eq!(
+            (a.status.as_u16(), a.body.as_str()),
+            (status, body),
+            "{path}"
+        );
+    }
+    let head = send(
+        &client,
+        Request::head(format!("http://{addr}/length"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((head.status.as_u16(), head.body.as_str()), (200, ""));
+    assert_eq!(opened_now().await, 1.0);
+
+    // A body that runs until the upstream closes: relayed whole; the
+    // connection cannot be used again, so the next request opens one.
+    let a = get(addr, "/until-close").await;
+    assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "until the end"));
+    let a = get(addr, "/length").await;
+    assert_eq!(a.body, "hello");
+    assert_eq!(opened_now().await, 2.0);
+
+    // HTTP/1.0 without keep-alive: answered, and not reused.
+    let a = get(addr, "/http10").await;
+    assert_eq!((a.status.as_u16(), a.body.as_str()), (200, "10"));
+    let a = get(addr, "/length").await;
+    assert_eq!(a.body, "hello");
+    assert_eq!(opened_now().await, 3.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_both_ways_without_buffering() {
     const SIZE: u64 = 256 << 20;

@@ -740,17 +740,20 @@ async fn broken_upstreams_get_502_and_their_connections_are_dropped() {
 
     // A body defect after the head went out: the client sees the response
     // broken off, never a clean end it could mistake for the whole body.
-    let resp = client
+    // When the defect is in the same read as the head, the connection is
+    // cut before the head is flushed: no response at all, just as broken.
+    let answer = client
         .request(
             http::Request::get(format!("http://{addr}/bad-chunk"))
                 .body(empty())
                 .unwrap(),
         )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    use http_body_util::BodyExt;
-    assert!(resp.into_body().collect().await.is_err());
+        .await;
+    if let Ok(resp) = answer {
+        assert_eq!(resp.status(), 200);
+        use http_body_util::BodyExt;
+        assert!(resp.into_body().collect().await.is_err());
+    }
 
     // No connection that carried a broken answer carried anything after it.
     let conns = conns.lock().unwrap().clone();

@@ -286,7 +286,8 @@ async fn check_once(
     let resp = match tokio::time::timeout_at(deadline, s.pool.send(endpoint, req)).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(SendError::Connect(_) | SendError::ConnectTimeout)) => return Err("connect error"),
-        Ok(Err(SendError::Exchange(_))) => return Err("reset"),
+        Ok(Err(SendError::Protocol(_))) => return Err("invalid response"),
+        Ok(Err(SendError::Io(_) | SendError::Body(_))) => return Err("reset"),
         Err(_) => return Err("timeout"),
     };
     let status = resp.status();

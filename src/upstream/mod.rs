@@ -11,6 +11,7 @@
 pub mod attempts;
 pub mod balance;
 pub mod breaker;
+pub mod h1;
 pub mod health;
 pub mod outcome;
 pub mod pool;
@@ -237,8 +238,8 @@ fn classify(e: &SendError) -> UpstreamFailure {
     match e {
         SendError::Connect(_) => UpstreamFailure::Connect,
         SendError::ConnectTimeout => UpstreamFailure::ConnectTimeout,
-        SendError::Exchange(h) if h.is_parse() || h.is_parse_status() => UpstreamFailure::Protocol,
-        SendError::Exchange(_) => UpstreamFailure::Reset,
+        SendError::Protocol(_) => UpstreamFailure::Protocol,
+        SendError::Io(_) | SendError::Body(_) => UpstreamFailure::Reset,
     }
 }
 

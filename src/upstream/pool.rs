@@ -1,42 +1,45 @@
-//! Upstream connections: a lean HTTP/1.1 keep-alive pool over hyper's
-//! client connections (`hyper::client::conn::http1`).
+//! Upstream connections: a lean HTTP/1.1 keep-alive pool, driven by the
+//! request's own task through the codec in [`super::h1`].
 //!
 //! Each [`Endpoint`] keeps its idle connections, newest last. A request
-//! takes the newest one that is ready, or opens a new one (TCP, then TLS
-//! for an HTTPS upstream, within `connect_timeout`). The connection comes
-//! back with the end of the response body ([`UpstreamBody`]); a body that
-//! is dropped early, fails, or is refused for its framing takes its
-//! connection with it, so the next request never reads the rest of an
-//! answer meant for another.
+//! takes the newest one that is still open, or opens a new one (TCP, then
+//! TLS for an HTTPS upstream, within `connect_timeout`), writes its head
+//! and body, and reads the response head. The connection travels with the
+//! response body ([`UpstreamBody`]), which reads it, and comes back when the
+//! body ends; a body that is dropped early, fails, or is refused for its
+//! framing takes its connection with it, so the next request never reads
+//! the rest of an answer meant for another.
 //!
-//! Why not hyper-util's pooled `Client`: per request it builds a connect
-//! future it rarely uses, hashes the authority under a lock, allocates the
-//! response's extensions, and spawns a task to put the connection back. Here
-//! a request costs one uncontended lock to take a connection and one to
-//! give it back; a task is spawned only when the connection is not ready
-//! at the end of the body (the upstream asked to close, or the request body
-//! is still being written).
+//! Why not hyper's client: it runs each connection as a task of its own,
+//! so a request crosses to it through a channel, the response comes back
+//! through a oneshot and its body through another channel, each a task
+//! wake-up. Without them a proxied request costs a quarter fewer
+//! instructions (`benches/instructions.sh`, see docs/benchmarks.md).
+//!
+//! The request body is written whole before the response is read: an
+//! upstream that answers early (a 413 before reading an upload) and keeps
+//! reading is served normally; one that stops reading without closing
+//! holds the request until its `request_timeout`.
 
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::HOST;
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::h1::{self, ChunkedDecoder, Decoded, ProtoError, RequestFraming, ResponseFraming};
 use super::Endpoint;
 use crate::body::RequestBody;
 use crate::sync::lock;
@@ -47,12 +50,20 @@ use crate::tls::UpstreamTls;
 /// backend is closing.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The largest upstream response head read (hyper's read buffer): beyond
-/// it, or for a head that never ends, the answer is a 502. Eight times
-/// NGINX's default `proxy_buffer_size`, a quarter of hyper's default.
+/// The largest upstream response head read: beyond it, or for a head that
+/// never ends, the answer is a 502. Eight times NGINX's default
+/// `proxy_buffer_size`, a quarter of hyper's default.
 pub const MAX_UPSTREAM_HEAD_BYTES: usize = 64 << 10;
 
-/// Why a request got no response head.
+/// Room made in a connection's read buffer when it runs low...
+const READ_CHUNK: usize = 16 << 10;
+/// ...below this.
+const MIN_READ: usize = 2 << 10;
+/// Request body bytes gathered before a write; larger data frames are
+/// written as they come.
+const WRITE_GATHER: usize = 16 << 10;
+
+/// Why a request got no response head, or a response body broke.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// No connection: refused, unreachable, unresolvable, or the TLS
@@ -62,10 +73,16 @@ pub enum SendError {
     /// TCP connect (and TLS handshake) took longer than `connect_timeout`.
     #[error("connect timed out")]
     ConnectTimeout,
-    /// The exchange failed on an open connection (reset, garbage, the
-    /// client's body failing on its way: see the error's sources).
-    #[error(transparent)]
-    Exchange(hyper::Error),
+    /// The upstream's answer broke HTTP/1.1 framing or syntax.
+    #[error("invalid response: {0}")]
+    Protocol(#[from] ProtoError),
+    /// The connection failed mid-exchange: reset, or closed before the end
+    /// of the answer.
+    #[error("connection failed: {0}")]
+    Io(io::Error),
+    /// The client's body failed on its way (its cause says how).
+    #[error("request body failed")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// How a pool opens connections.
@@ -85,7 +102,6 @@ enum Connector {
 pub struct Pool {
     id: u64,
     connector: Connector,
-    http1: http1::Builder,
     pub connect_timeout: Duration,
     /// [`UpstreamTls::identity`] for HTTPS pools; a pool is reused across
     /// reloads only with the same TLS settings.
@@ -102,8 +118,6 @@ impl Pool {
         metrics: crate::telemetry::UpstreamMetrics,
     ) -> Pool {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let mut http1 = http1::Builder::new();
-        http1.max_buf_size(MAX_UPSTREAM_HEAD_BYTES);
         Pool {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             connector: match tls {
@@ -113,7 +127,6 @@ impl Pool {
                     sni: t.sni.clone(),
                 },
             },
-            http1,
             connect_timeout,
             tls_identity: tls.map(|t| t.identity.clone()),
             cursor: std::sync::atomic::AtomicUsize::new(0),
@@ -133,53 +146,62 @@ impl Pool {
         if !req.headers().contains_key(HOST) {
             req.headers_mut().insert(HOST, endpoint.host.clone());
         }
-        let mut reused = true;
+        let (head, body) = req.into_parts();
+        let framing = request_framing(&head.headers, &body);
+        let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut body = Some(body);
         loop {
-            let mut sender = match endpoint.idle.take(self.id) {
-                Some(sender) => sender,
-                None => {
-                    reused = false;
-                    self.connect(endpoint).await?
-                }
+            let (mut conn, reused) = match endpoint.idle.take(self.id) {
+                Some(conn) => (conn, true),
+                None => (self.connect(endpoint).await?, false),
             };
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let lease = Lease {
-                        sender,
-                        endpoint: endpoint.clone(),
-                        pool: self.id,
-                    };
-                    return Ok(resp.map(|body| UpstreamBody::new(body, lease)));
+            conn.out.clear();
+            h1::encode_head(&head.method, target, &head.headers, framing, &mut conn.out);
+            let sent = match (framing, body.take()) {
+                (RequestFraming::Empty, _) | (_, None) => {
+                    conn.write_out().await.map_err(SendError::Io)
                 }
-                Err(mut e) => match e.take_message() {
-                    // An idle connection the upstream closed before the
-                    // request went out: nothing was sent, try a new one.
-                    Some(back) if reused => req = back,
-                    _ => return Err(SendError::Exchange(e.into_error())),
-                },
+                // Boxed: most requests have no body, and inline its state
+                // would be copied along with every request's future.
+                (_, Some(b)) => Box::pin(conn.write_body(b, framing)).await,
+            };
+            let answered = match sent {
+                Ok(()) => conn.read_head(&head.method).await,
+                Err(e) => Err(e),
+            };
+            match answered {
+                Ok(h) => return Ok(UpstreamBody::response(h, conn, endpoint, self.id)),
+                // A kept-alive connection the upstream closed as the request
+                // went out, before any answer: a bodiless request of a safe
+                // method is sent again on a new connection.
+                Err(SendError::Io(e))
+                    if reused
+                        && framing == RequestFraming::Empty
+                        && safe(&head.method)
+                        && closed_early(&e) => {}
+                Err(e) => return Err(e),
             }
         }
     }
 
-    /// A new connection to `endpoint`, its hyper task spawned.
-    async fn connect(&self, endpoint: &Endpoint) -> Result<SendRequest<RequestBody>, SendError> {
+    /// A new connection to `endpoint`.
+    async fn connect(&self, endpoint: &Endpoint) -> Result<Box<Conn>, SendError> {
         let connecting = async {
             let tcp = TcpStream::connect(&*endpoint.addr).await?;
             tcp.set_nodelay(true)?;
             match &self.connector {
-                Connector::Plain => self.handshake(tcp).await,
+                Connector::Plain => Ok::<Io, io::Error>(Io::Plain(tcp)),
                 Connector::Tls { tls, sni } => {
                     let name = match sni {
                         Some(name) => name.clone(),
                         None => server_name(endpoint.authority.host())?,
                     };
-                    let stream = tls.connect(name, tcp).await?;
-                    self.handshake(stream).await
+                    Ok(Io::Tls(Box::new(tls.connect(name, tcp).await?)))
                 }
             }
         };
-        let sender = match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Ok(Ok(sender)) => sender,
+        let io = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(io)) => io,
             Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
                 return Err(SendError::ConnectTimeout)
             }
@@ -187,24 +209,283 @@ impl Pool {
             Err(_elapsed) => return Err(SendError::ConnectTimeout),
         };
         self.metrics.connections.increment(1);
-        Ok(sender)
+        Ok(Box::new(Conn {
+            io,
+            buf: BytesMut::new(),
+            out: BytesMut::new(),
+            spans: Vec::with_capacity(h1::MAX_HEADERS),
+        }))
+    }
+}
+
+/// How the request's body goes: as the client framed it when it gave a
+/// length, chunked when it did not, nothing for a body that has ended.
+fn request_framing(headers: &HeaderMap, body: &RequestBody) -> RequestFraming {
+    if headers.contains_key(CONTENT_LENGTH) {
+        if let Some(n) = body.size_hint().exact() {
+            return if n == 0 && body.is_end_stream() {
+                RequestFraming::Length(0)
+            } else {
+                RequestFraming::Length(n)
+            };
+        }
+    }
+    if body.is_end_stream() {
+        RequestFraming::Empty
+    } else {
+        RequestFraming::Chunked
+    }
+}
+
+/// Methods a client may send again on its own (RFC 9110 §9.2.1).
+fn safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// The connection was found closed, not broken by what we sent.
+fn closed_early(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// An upstream connection's stream.
+enum Io {
+    Plain(TcpStream),
+    /// Boxed: a TLS stream is large, and most upstreams are plain.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
     }
 
-    async fn handshake<T>(&self, io: T) -> io::Result<SendRequest<RequestBody>>
-    where
-        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (sender, conn) = self
-            .http1
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(io::Error::other)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// An open upstream connection, with what was read from it and not used
+/// yet, and the buffer a request head is written into. Always boxed: it
+/// travels with each response, which hyper moves several times.
+struct Conn {
+    io: Io,
+    buf: BytesMut,
+    out: BytesMut,
+    /// Scratch space for parsing response heads.
+    spans: Vec<h1::Span>,
+}
+
+impl Conn {
+    /// Writes `out` and empties it.
+    async fn write_out(&mut self) -> io::Result<()> {
+        self.io.write_all(&self.out).await?;
+        self.out.clear();
+        self.io.flush().await
+    }
+
+    /// Writes the head in `out`, then `body` in `framing`. Small frames are
+    /// gathered behind the head; whatever is gathered goes out before
+    /// waiting for the client.
+    async fn write_body(
+        &mut self,
+        mut body: RequestBody,
+        framing: RequestFraming,
+    ) -> Result<(), SendError> {
+        let chunked = framing == RequestFraming::Chunked;
+        let mut sent = 0u64;
+        let mut trailers_sent = false;
+        loop {
+            let polled = std::future::poll_fn(|cx| {
+                Poll::Ready(match Pin::new(&mut body).poll_frame(cx) {
+                    Poll::Ready(frame) => Some(frame),
+                    Poll::Pending => None,
+                })
+            })
+            .await;
+            let frame = match polled {
+                Some(frame) => frame,
+                None => {
+                    if !self.out.is_empty() {
+                        self.write_out().await.map_err(SendError::Io)?;
+                    }
+                    std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                }
+            };
+            let frame = match frame {
+                None => break,
+                Some(Err(e)) => return Err(SendError::Body(e)),
+                Some(Ok(frame)) => frame,
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
+                        self.out.extend_from_slice(b"0\r\n");
+                        for (name, value) in &trailers {
+                            self.out.extend_from_slice(name.as_str().as_bytes());
+                            self.out.extend_from_slice(b": ");
+                            self.out.extend_from_slice(value.as_bytes());
+                            self.out.extend_from_slice(b"\r\n");
+                        }
+                        self.out.extend_from_slice(b"\r\n");
+                        trailers_sent = true;
+                    }
+                    continue;
+                }
+            };
+            if data.is_empty() {
+                continue;
             }
-        });
-        Ok(sender)
+            sent += data.len() as u64;
+            if let RequestFraming::Length(n) = framing {
+                if sent > n {
+                    return Err(SendError::Body(
+                        "the request body is longer than its Content-Length".into(),
+                    ));
+                }
+            }
+            if chunked {
+                self.out
+                    .extend_from_slice(format_args_hex(data.len()).as_bytes());
+                self.out.extend_from_slice(b"\r\n");
+            }
+            if data.len() >= WRITE_GATHER {
+                self.write_out().await.map_err(SendError::Io)?;
+                self.io.write_all(&data).await.map_err(SendError::Io)?;
+            } else {
+                self.out.extend_from_slice(&data);
+            }
+            if chunked {
+                self.out.extend_from_slice(b"\r\n");
+            }
+            if self.out.len() >= WRITE_GATHER {
+                self.write_out().await.map_err(SendError::Io)?;
+            }
+        }
+        if let RequestFraming::Length(n) = framing {
+            if sent != n {
+                return Err(SendError::Body(
+                    "the request body is shorter than its Content-Length".into(),
+                ));
+            }
+        }
+        if chunked && !trailers_sent {
+            self.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.write_out().await.map_err(SendError::Io)
+    }
+
+    /// Reads until a whole response head is in, and takes it out.
+    async fn read_head(&mut self, method: &Method) -> Result<h1::Head, SendError> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = h1::parse_head(&mut self.buf, method, &mut self.spans)? {
+                    return Ok(head);
+                }
+            }
+            make_room(&mut self.buf);
+            let n = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.buf)
+                .await
+                .map_err(SendError::Io)?;
+            if n == 0 {
+                return Err(SendError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before a complete response head",
+                )));
+            }
+        }
+    }
+
+    /// Whether an idle connection can carry a request: nothing unread, and
+    /// the upstream has neither closed it nor sent anything unasked. One
+    /// read attempt, without waiting; a syscall only when the socket was
+    /// reported readable.
+    fn is_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+}
+
+/// Room for the next read: [`READ_CHUNK`] when less than [`MIN_READ`] is
+/// left, so a buffer is not reallocated for every read.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < MIN_READ {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+/// `n` in lower-case hex (a chunk-size line).
+fn format_args_hex(n: usize) -> HexLen {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    HexLen { digits, start: i }
+}
+
+/// A chunk size's hex digits.
+struct HexLen {
+    digits: [u8; 16],
+    start: usize,
+}
+
+impl HexLen {
+    fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
     }
 }
 
@@ -236,42 +517,40 @@ pub struct IdleConns(Mutex<VecDeque<IdleConn>>);
 struct IdleConn {
     /// The [`Pool::id`] that opened it.
     pool: u64,
-    sender: SendRequest<RequestBody>,
+    conn: Box<Conn>,
     since: Instant,
 }
 
 impl IdleConns {
-    /// The newest ready connection of pool `pool`; closed ones, and those
+    /// The newest usable connection of pool `pool`; closed ones, and those
     /// of a replaced pool, are dropped on the way.
-    fn take(&self, pool: u64) -> Option<SendRequest<RequestBody>> {
+    fn take(&self, pool: u64) -> Option<Box<Conn>> {
         let mut idle = lock(&self.0);
-        while let Some(conn) = idle.pop_back() {
-            // Only ready connections are put back, and nothing else sends
-            // on them: one that is not ready any more is closing.
-            if conn.pool == pool && conn.sender.is_ready() {
-                return Some(conn.sender);
+        while let Some(mut c) = idle.pop_back() {
+            if c.pool == pool && c.conn.is_usable() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn put(&self, pool: u64, sender: SendRequest<RequestBody>) {
+    fn put(&self, pool: u64, conn: Box<Conn>) {
         let now = Instant::now();
         let mut idle = lock(&self.0);
         expire(&mut idle, now);
         idle.push_back(IdleConn {
             pool,
-            sender,
+            conn,
             since: now,
         });
     }
 
     /// Closes connections idle for [`IDLE_TIMEOUT`] (the periodic sweep,
-    /// for endpoints no request reaches), and those already closed.
+    /// for endpoints no request reaches), and those the upstream closed.
     pub fn sweep(&self) {
         let mut idle = lock(&self.0);
         expire(&mut idle, Instant::now());
-        idle.retain(|c| !c.sender.is_closed());
+        idle.retain_mut(|c| c.conn.is_usable());
     }
 
     /// How many connections are idle.
@@ -295,107 +574,179 @@ fn expire(idle: &mut VecDeque<IdleConn>, now: Instant) {
     }
 }
 
-/// A connection lent to one response; back to its endpoint when the body
-/// ends, closed when it is dropped.
-struct Lease {
-    sender: SendRequest<RequestBody>,
+/// Where a response body stands.
+enum BodyState {
+    Length(u64),
+    /// Boxed: rare next to `Length`, and large.
+    Chunked(Box<ChunkedDecoder>),
+    UntilClose,
+    Done,
+}
+
+/// An upstream's response body, read from its connection as the client
+/// side asks for it. The connection goes back to its endpoint when the body
+/// has ended cleanly and both sides keep it alive; otherwise it is closed.
+pub struct UpstreamBody {
+    state: BodyState,
+    /// `None` once given back or dropped.
+    conn: Option<Box<Conn>>,
+    /// Where it goes back to, and whether it may.
     endpoint: Arc<Endpoint>,
     pool: u64,
-}
-
-impl Lease {
-    fn release(self) {
-        if self.sender.is_ready() {
-            self.endpoint.idle.put(self.pool, self.sender);
-            return;
-        }
-        if self.sender.is_closed() {
-            return;
-        }
-        // hyper's task has not finished the exchange (the upstream asked to
-        // close, or the request body is still going out): put it back once
-        // it has, if it stays open.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let Lease {
-            mut sender,
-            endpoint,
-            pool,
-        } = self;
-        runtime.spawn(async move {
-            if sender.ready().await.is_ok() {
-                endpoint.idle.put(pool, sender);
-            }
-        });
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// An upstream's response body; its connection goes back to the pool
-    /// when it ends.
-    pub struct UpstreamBody {
-        #[pin]
-        body: Incoming,
-        lease: Option<Lease>,
-    }
+    reusable: bool,
 }
 
 impl UpstreamBody {
-    fn new(body: Incoming, lease: Lease) -> UpstreamBody {
-        if body.is_end_stream() {
+    fn response(
+        head: h1::Head,
+        conn: Box<Conn>,
+        endpoint: &Arc<Endpoint>,
+        pool: u64,
+    ) -> Response<UpstreamBody> {
+        let state = match head.framing {
+            ResponseFraming::Empty => BodyState::Done,
+            ResponseFraming::Length(n) => BodyState::Length(n),
+            ResponseFraming::Chunked => BodyState::Chunked(Box::default()),
+            ResponseFraming::UntilClose => BodyState::UntilClose,
+        };
+        let mut body = UpstreamBody {
+            state,
+            conn: Some(conn),
+            endpoint: endpoint.clone(),
+            pool,
+            reusable: head.keep_alive,
+        };
+        if matches!(body.state, BodyState::Done) {
             // No body (204, 304, an answer to HEAD, `Content-Length: 0`).
-            lease.release();
-            return UpstreamBody { body, lease: None };
+            body.finish();
         }
-        UpstreamBody {
-            body,
-            lease: Some(lease),
-        }
+        let mut resp = Response::new(body);
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        resp
     }
 
     /// The connection is not used again (an answer refused for its
     /// framing): the rest of the stream may belong to it.
     pub fn discard_connection(&mut self) {
-        self.lease = None;
+        self.reusable = false;
+        self.conn = None;
+    }
+
+    /// The body has ended: the connection goes back if it can carry
+    /// another exchange (nothing read past this answer).
+    fn finish(&mut self) {
+        self.state = BodyState::Done;
+        if let Some(conn) = self.conn.take() {
+            if self.reusable && conn.buf.is_empty() {
+                self.endpoint.idle.put(self.pool, conn);
+            }
+        }
+    }
+
+    /// Reads more of the connection into its buffer; `Ok(0)` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, SendError>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        make_room(&mut conn.buf);
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut conn.io),
+            cx,
+            &mut conn.buf
+        ));
+        Poll::Ready(read.map_err(SendError::Io))
+    }
+
+    fn fail(&mut self, e: SendError) -> Poll<Option<Result<Frame<Bytes>, SendError>>> {
+        self.state = BodyState::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(e)))
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = SendError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        let polled = this.body.as_mut().poll_frame(cx);
-        let ended = match &polled {
-            // With a known length the last data frame ends it: the client
-            // side stops polling there.
-            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Err(_))) => {
-                *this.lease = None;
-                false
+    ) -> Poll<Option<Result<Frame<Bytes>, SendError>>> {
+        let this = self.get_mut();
+        loop {
+            let buffered = this.conn.as_ref().map_or(0, |c| c.buf.len());
+            match &mut this.state {
+                BodyState::Done => return Poll::Ready(None),
+                BodyState::Length(left) if buffered > 0 => {
+                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buffered);
+                    *left -= take as u64;
+                    let ended = *left == 0;
+                    let Some(conn) = this.conn.as_mut() else {
+                        return Poll::Ready(None);
+                    };
+                    let data = conn.buf.split_to(take).freeze();
+                    if ended {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::Chunked(decoder) if buffered > 0 => {
+                    let Some(conn) = this.conn.as_mut() else {
+                        return Poll::Ready(None);
+                    };
+                    match decoder.decode(&mut conn.buf) {
+                        Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Ok(Decoded::Trailers(trailers)) => {
+                            this.finish();
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        Ok(Decoded::End) => {
+                            this.finish();
+                            return Poll::Ready(None);
+                        }
+                        Ok(Decoded::NeedMore) => {}
+                        Err(e) => return this.fail(e.into()),
+                    }
+                }
+                BodyState::UntilClose if buffered > 0 => {
+                    let Some(conn) = this.conn.as_mut() else {
+                        return Poll::Ready(None);
+                    };
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                _ => {}
             }
-            Poll::Pending => false,
-        };
-        if ended {
-            if let Some(lease) = this.lease.take() {
-                lease.release();
+            match ready!(this.poll_fill(cx)) {
+                Ok(0) if matches!(this.state, BodyState::UntilClose) => {
+                    this.reusable = false;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    return this.fail(SendError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed before the end of the response body",
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) => return this.fail(e),
             }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        matches!(self.state, BodyState::Done)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.state {
+            BodyState::Done => SizeHint::with_exact(0),
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
     }
 }
 
