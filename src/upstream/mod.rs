@@ -209,10 +209,11 @@ pub async fn forward(
     }
 }
 
-/// What hyper's client lets through but the gateway must not pass on: a
-/// 1xx final answer (a `101` nobody asked for: the gateway never forwards
-/// `Upgrade`), or both `Transfer-Encoding` and `Content-Length`, which hyper
-/// reads as chunked but the client would read by the length.
+/// What the gateway must never pass on: a 1xx final answer (a `101` nobody
+/// asked for: the gateway never forwards `Upgrade`), or both
+/// `Transfer-Encoding` and `Content-Length`, which could be read two ways.
+/// The response reader (`h1.rs`) refuses both already; this is the second
+/// line, kept because what reaches the client is decided here.
 fn well_framed<B>(resp: &Response<B>) -> bool {
     let h = resp.headers();
     let both_lengths = h.contains_key(http::header::TRANSFER_ENCODING)
