@@ -94,7 +94,11 @@ fn read(input: &[u8], method: &Method, step: usize) -> Read {
             }
         };
         assert!(data.len() <= after_head, "more body than bytes");
-        Body::Chunked { data, trailers, end }
+        Body::Chunked {
+            data,
+            trailers,
+            end,
+        }
     } else {
         Body::NotChunked
     };
@@ -111,7 +115,11 @@ fuzz_target!(|input: &[u8]| {
     let Some((&first, answer)) = input.split_first() else {
         return;
     };
-    let method = if first & 1 == 1 { Method::HEAD } else { Method::GET };
+    let method = if first & 1 == 1 {
+        Method::HEAD
+    } else {
+        Method::GET
+    };
     let step = usize::from(first >> 1 & 0x0f) + 1;
     let piecewise = read(answer, &method, step);
     let whole = read(answer, &method, answer.len().max(1));
