@@ -43,7 +43,7 @@ enum Body {
     Chunked {
         data: Vec<u8>,
         trailers: Option<HeaderMap>,
-        /// `None`: ended; `Some(e)`: refused; `Partial`: ran out of input.
+        /// "ended", "partial" (the input ran out) or why it was refused.
         end: String,
     },
 }
