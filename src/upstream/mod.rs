@@ -175,15 +175,9 @@ pub async fn forward(
 
     let metrics = &upstream.pool.metrics;
     match result {
-        Ok(Ok(mut resp)) if !well_framed(&resp) => {
-            // Whatever follows on the connection may be the rest of it.
-            resp.body_mut().discard_connection();
-            metrics.error.increment(1);
-            Err(Reject::BadGateway {
-                upstream: upstream.name.clone(),
-                cause: UpstreamFailure::Protocol,
-            })
-        }
+        // A head that could be read two ways (both lengths, a 1xx final
+        // answer) never gets here: the reader (`h1.rs`) refuses it as a
+        // protocol error and drops its connection.
         Ok(Ok(resp)) => {
             metrics.ok.increment(1);
             Ok(resp)
@@ -207,18 +201,6 @@ pub async fn forward(
             })
         }
     }
-}
-
-/// What the gateway must never pass on: a 1xx final answer (a `101` nobody
-/// asked for: the gateway never forwards `Upgrade`), or both
-/// `Transfer-Encoding` and `Content-Length`, which could be read two ways.
-/// The response reader (`h1.rs`) refuses both already; this is the second
-/// line, kept because what reaches the client is decided here.
-fn well_framed<B>(resp: &Response<B>) -> bool {
-    let h = resp.headers();
-    let both_lengths = h.contains_key(http::header::TRANSFER_ENCODING)
-        && h.contains_key(http::header::CONTENT_LENGTH);
-    !(resp.status().is_informational() || both_lengths)
 }
 
 /// What a try came to, for retries, the breaker and outlier detection;

@@ -627,13 +627,6 @@ impl UpstreamBody {
         resp
     }
 
-    /// The connection is not used again (an answer refused for its
-    /// framing): the rest of the stream may belong to it.
-    pub fn discard_connection(&mut self) {
-        self.reusable = false;
-        self.conn = None;
-    }
-
     /// The body has ended: the connection goes back if it can carry
     /// another exchange (nothing read past this answer).
     fn finish(&mut self) {
