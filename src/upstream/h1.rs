@@ -84,13 +84,9 @@ pub fn encode_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-            continue;
+        if name != CONTENT_LENGTH && name != TRANSFER_ENCODING {
+            encode_field(name, value, out);
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
     match framing {
         RequestFraming::Empty => {}
@@ -101,6 +97,31 @@ pub fn encode_head(
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The line before a chunk of `len` bytes (`len` > 0) of a chunked body.
+pub fn encode_chunk_size(len: usize, out: &mut BytesMut) {
+    use std::fmt::Write as _;
+    // Writing to a BytesMut cannot fail: it grows.
+    let _ = write!(out, "{len:x}\r\n");
+}
+
+/// The end of a chunked body: the last chunk, any trailer fields, the
+/// empty line.
+pub fn encode_last_chunk(trailers: Option<&HeaderMap>, out: &mut BytesMut) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        encode_field(name, value, out);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `name: value` and its CRLF.
+fn encode_field(name: &HeaderName, value: &HeaderValue, out: &mut BytesMut) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
@@ -534,6 +555,20 @@ mod tests {
             &mut out,
         );
         assert_eq!(&out[..], b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn chunk_framing_for_request_bodies() {
+        let mut out = BytesMut::new();
+        encode_chunk_size(0x1a3f, &mut out);
+        encode_chunk_size(1, &mut out);
+        encode_last_chunk(None, &mut out);
+        assert_eq!(&out[..], b"1a3f\r\n1\r\n0\r\n\r\n");
+        out.clear();
+        let mut t = HeaderMap::new();
+        t.insert("x-checksum", HeaderValue::from_static("abc"));
+        encode_last_chunk(Some(&t), &mut out);
+        assert_eq!(&out[..], b"0\r\nx-checksum: abc\r\n\r\n");
     }
 
     #[test]

@@ -332,7 +332,7 @@ impl Conn {
     ) -> Result<(), SendError> {
         let chunked = framing == RequestFraming::Chunked;
         let mut sent = 0u64;
-        let mut trailers_sent = false;
+        let mut ended = false;
         loop {
             let polled = std::future::poll_fn(|cx| {
                 Poll::Ready(match Pin::new(&mut body).poll_frame(cx) {
@@ -359,15 +359,8 @@ impl Conn {
                 Ok(data) => data,
                 Err(frame) => {
                     if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
-                        self.out.extend_from_slice(b"0\r\n");
-                        for (name, value) in &trailers {
-                            self.out.extend_from_slice(name.as_str().as_bytes());
-                            self.out.extend_from_slice(b": ");
-                            self.out.extend_from_slice(value.as_bytes());
-                            self.out.extend_from_slice(b"\r\n");
-                        }
-                        self.out.extend_from_slice(b"\r\n");
-                        trailers_sent = true;
+                        h1::encode_last_chunk(Some(&trailers), &mut self.out);
+                        ended = true;
                     }
                     continue;
                 }
@@ -384,9 +377,7 @@ impl Conn {
                 }
             }
             if chunked {
-                self.out
-                    .extend_from_slice(format_args_hex(data.len()).as_bytes());
-                self.out.extend_from_slice(b"\r\n");
+                h1::encode_chunk_size(data.len(), &mut self.out);
             }
             if data.len() >= WRITE_GATHER {
                 self.write_out().await.map_err(SendError::Io)?;
@@ -408,8 +399,8 @@ impl Conn {
                 ));
             }
         }
-        if chunked && !trailers_sent {
-            self.out.extend_from_slice(b"0\r\n\r\n");
+        if chunked && !ended {
+            h1::encode_last_chunk(None, &mut self.out);
         }
         self.write_out().await.map_err(SendError::Io)
     }
@@ -458,34 +449,6 @@ impl Conn {
 fn make_room(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < MIN_READ {
         buf.reserve(READ_CHUNK);
-    }
-}
-
-/// `n` in lower-case hex (a chunk-size line).
-fn format_args_hex(n: usize) -> HexLen {
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b"0123456789abcdef"[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    HexLen { digits, start: i }
-}
-
-/// A chunk size's hex digits.
-struct HexLen {
-    digits: [u8; 16],
-    start: usize,
-}
-
-impl HexLen {
-    fn as_bytes(&self) -> &[u8] {
-        &self.digits[self.start..]
     }
 }
 
