@@ -171,9 +171,10 @@ impl Pool {
             };
             match answered {
                 Ok(h) => return Ok(UpstreamBody::response(h, conn, endpoint, self.id)),
-                // A kept-alive connection the upstream closed as the request
-                // went out, before any answer: a bodiless request of a safe
-                // method is sent again on a new connection.
+                // A kept-alive connection the upstream closed or reset as the
+                // request went out, before a complete answer head (possibly
+                // after part of one): a bodiless request of a safe method is
+                // sent again on a new connection.
                 Err(SendError::Io(e))
                     if reused
                         && framing == RequestFraming::Empty
@@ -223,11 +224,7 @@ impl Pool {
 fn request_framing(headers: &HeaderMap, body: &RequestBody) -> RequestFraming {
     if headers.contains_key(CONTENT_LENGTH) {
         if let Some(n) = body.size_hint().exact() {
-            return if n == 0 && body.is_end_stream() {
-                RequestFraming::Length(0)
-            } else {
-                RequestFraming::Length(n)
-            };
+            return RequestFraming::Length(n);
         }
     }
     if body.is_end_stream() {
