@@ -61,6 +61,24 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     );
 }
 
+/// The next request head on a raw upstream's connection (`buf` keeps
+/// what was read past it); `None` when the connection ends or stays silent
+/// for 5 s.
+async fn next_head(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            return Some(head);
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
 /// A raw upstream answering each request on a connection with `200 n`,
 /// then, per `close`: `Some(None)` closes with `Connection: close`,
 /// `Some(Some(t))` closes silently `t` after the answer (a keep-alive
@@ -68,17 +86,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 async fn closing_upstream(close: Option<Option<Duration>>) -> std::net::SocketAddr {
     spawn_raw(move |mut s| async move {
         let mut buf = Vec::new();
-        loop {
-            let mut chunk = [0u8; 4096];
-            let n = match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => n,
-                _ => return,
-            };
-            buf.extend_from_slice(&chunk[..n]);
-            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                continue;
-            };
-            buf.drain(..end + 4);
+        while next_head(&mut s, &mut buf).await.is_some() {
             let connection = if close == Some(None) {
                 "close"
             } else {
@@ -160,16 +168,7 @@ async fn an_upstream_closing_its_connections_costs_no_request() {
 async fn framing_upstream() -> std::net::SocketAddr {
     spawn_raw(move |mut s| async move {
         let mut buf = Vec::new();
-        loop {
-            let mut chunk = [0u8; 4096];
-            let n = match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => n,
-                _ => return,
-            };
-            buf.extend_from_slice(&chunk[..n]);
-            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                buf.drain(..end + 4);
+        while let Some(head) = next_head(&mut s, &mut buf).await {
                 let mut line = head.split(' ');
                 let (method, path) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
                 let answer: &[u8] = match (method, path) {
@@ -188,7 +187,6 @@ async fn framing_upstream() -> std::net::SocketAddr {
                 if path == "/until-close" || path == "/http10" {
                     return;
                 }
-            }
         }
     })
     .await
