@@ -121,9 +121,9 @@ pub async fn handle(
             headers.insert(name.clone(), value.clone());
         }
     }
-    if let Some((policy, state)) = &exchange.rate_headers {
-        headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
-        headers.insert(RATELIMIT.clone(), state.clone());
+    if let Some((policy, state)) = exchange.rate_headers.take() {
+        headers.insert(RATELIMIT_POLICY.clone(), policy);
+        headers.insert(RATELIMIT.clone(), state);
     }
     if shared.is_draining() && version <= Version::HTTP_11 {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
