@@ -209,7 +209,11 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    HeaderValue::from_bytes(&hex::<32>(fastrand::u128(..))).unwrap_or(HeaderValue::from_static("-"))
+    // Owned by its `Bytes` from the start: the id is cloned into the
+    // upstream request, the access log and the response, and a value made
+    // by `from_bytes` allocates again on its first clone.
+    let id = bytes::Bytes::from_owner(hex::<32>(fastrand::u128(..)));
+    HeaderValue::from_maybe_shared(id).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// Keeps a valid W3C `traceparent`, or creates one (new trace, not sampled:
@@ -221,8 +225,9 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) {
     {
         return;
     }
-    let trace = hex::<32>(fastrand::u128(1..));
-    let span = hex::<16>(u128::from(fastrand::u64(1..)));
+    // Not all zero (invalid): `max(1)` is cheaper than a ranged draw.
+    let trace = hex::<32>(fastrand::u128(..).max(1));
+    let span = hex::<16>(u128::from(fastrand::u64(..).max(1)));
     let mut v = [0u8; 55];
     v[..3].copy_from_slice(b"00-");
     v[3..35].copy_from_slice(&trace);
@@ -253,12 +258,16 @@ pub fn valid_traceparent(v: &[u8]) -> bool {
 }
 
 /// The low `N` hex digits of `n`, lower case.
-fn hex<const N: usize>(mut n: u128) -> [u8; N] {
+fn hex<const N: usize>(n: u128) -> [u8; N] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [b'0'; N];
-    for slot in out.iter_mut().rev() {
-        *slot = DIGITS[(n & 0xf) as usize];
-        n >>= 4;
+    const { assert!(N.is_multiple_of(2) && N <= 32) };
+    // Byte by byte, not shift by shift: u128 shifts cost ~180
+    // instructions an id.
+    let bytes = n.to_be_bytes();
+    let mut out = [0u8; N];
+    for (pair, b) in out.chunks_exact_mut(2).zip(&bytes[16 - N / 2..]) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
     out
 }
@@ -350,6 +359,14 @@ mod tests {
         );
         h.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
         assert_eq!(client_ip(peer, &h, &trusted), peer);
+    }
+
+    #[test]
+    fn hex_digits_are_the_low_ones_in_order() {
+        let n = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128;
+        assert_eq!(&hex::<32>(n), b"0123456789abcdeffedcba9876543210");
+        assert_eq!(&hex::<16>(n), b"fedcba9876543210");
+        assert_eq!(&hex::<2>(0xa5), b"a5");
     }
 
     #[test]

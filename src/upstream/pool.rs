@@ -153,7 +153,10 @@ impl Pool {
         loop {
             let (mut conn, reused) = match endpoint.idle.take(self.id) {
                 Some(conn) => (conn, true),
-                None => (self.connect(endpoint).await?, false),
+                // Boxed: a connect is rare under keep-alive, and inline its
+                // state (1.3 KB with TLS) would be half of this future,
+                // copied with every request's future as it is nested.
+                None => (Box::pin(self.connect(endpoint)).await?, false),
             };
             conn.out.clear();
             h1::encode_head(&head.method, target, &head.headers, framing, &mut conn.out);
