@@ -48,15 +48,33 @@
 #              `http` scenario's Portcullis is printed as well. Issue 5's
 #              target: at least 0.97x Portcullis's own `http` req/s.
 #   flood      (not in the default) a route limited to 100/s, burst 100 per
-#              `x-api-key`, Portcullis only: wrk's Lua script sends one hot
-#              key on FLOOD_PCT% (90) of the requests (refused: 429) and
-#              1000 other keys in turn on the rest (each far under its
-#              limit: proxied). The 200s and 429s come from the gateway's
-#              /metrics (read before and after each measured run). The CPU
-#              of a refused request is solved from the run's total:
+#              `x-api-key`, on Portcullis, NGINX and HAProxy (not the hyper
+#              baseline): wrk's Lua script sends one hot key on FLOOD_PCT%
+#              (90) of the requests (refused: 429) and 1000 other keys in
+#              turn on the rest (each far under its limit: proxied).
+#              NGINX: `limit_req_zone $http_x_api_key rate=100r/s` and, on
+#              location /flood, `limit_req burst=100 nodelay`, status 429,
+#              refusals logged at info (under error_log warn: not written,
+#              as Portcullis writes none). HAProxy: a stick table keyed on
+#              the header storing http_req_rate(1s), tracked (track-sc0)
+#              and denied with 429 when above 100, for paths beginning with
+#              /flood only; not a token bucket: the refused requests count
+#              in the rate too, so once the hot key is over 100/s nearly
+#              all of its requests are refused (the others let ~100/s of it
+#              through). Both peers keep the connection open after a 429.
+#              Portcullis's 200s and 429s come from the gateway's /metrics
+#              (read before and after each measured run); the peers' from
+#              wrk: 429s = its non-2xx count, 200s = requests - non-2xx
+#              (wrk cannot tell statuses apart: non-2xx beyond what the hot
+#              key's share can account for are counted as other statuses,
+#              and as errors). Before the runs, a 1 s wrk with one key
+#              checks that each proxy answers both 200 and 429. The CPU of
+#              a refused request is solved from the run's total:
 #              cpu = n_200 x c_200 + n_429 x c_429, with c_200 the proxied
-#              cost measured in the same run (the `ratelimit` scenario's
-#              Portcullis, else the `http` one). FLOOD_PCT=100 measures
+#              cost of the same proxy measured in the same run (Portcullis:
+#              the `ratelimit` scenario's, else its `http` one; the peers:
+#              their `http` one, so list http before flood): each proxy's
+#              refused/proxied ratio is its own. FLOOD_PCT=100 measures
 #              refusals (almost) alone.
 #   canary     (not in the default) plain HTTP keep-alive to a route that
 #              splits 95/5 between two upstreams (both the same backend)
@@ -220,12 +238,12 @@ done
 (( ${#scenarios[@]} > 0 )) || die "SCENARIOS is empty (http, https, handshake, resume, jwt, ratelimit, flood, canary, redis)"
 # TLS=1 when a scenario needs the proxies' TLS listeners.
 TLS=0 HAS_HTTP=0
-JWT=0 RL=0 CANARY=0 REDIS=0
+JWT=0 RL=0 FLOOD=0 CANARY=0 REDIS=0
 # HS=1 when handshake or resume runs (their client is HS_CLIENT); ONLY_HS=1
 # when nothing else does (wrk is then needed only with HS_CLIENT=wrk).
 HS=0 ONLY_HS=1
 for sc in "${scenarios[@]}"; do
-    case "$sc" in http) HAS_HTTP=1 ;; jwt) JWT=1 ;; ratelimit|flood) RL=1 ;; canary) CANARY=1 ;; redis) REDIS=1 ;; *) TLS=1 ;; esac
+    case "$sc" in http) HAS_HTTP=1 ;; jwt) JWT=1 ;; ratelimit) RL=1 ;; flood) RL=1 FLOOD=1 ;; canary) CANARY=1 ;; redis) REDIS=1 ;; *) TLS=1 ;; esac
     case "$sc" in handshake|resume) HS=1 ;; *) ONLY_HS=0 ;; esac
 done
 # wrk duration -> seconds, for time bounds.
@@ -507,8 +525,10 @@ proxy_pids() {
     local main=$1
     echo "$main"
     # ppid is the 2nd field after "pid (comm) "; comm may hold spaces.
-    awk -v m="$main" '{ line = $0; sub(/^.*\) /, "", line); split(line, f, " ");
-        if (f[2] == m) { split(FILENAME, d, "/"); print d[3] } }' /proc/[0-9]*/stat 2>/dev/null || true
+    # Through cat: a process that exits between the glob and the read is
+    # skipped, where mawk would stop at its file and miss the pids after it.
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v m="$main" '{ pid = $1; line = $0; sub(/^.*\) /, "", line); split(line, f, " ");
+        if (f[2] == m) print pid }' || true
 }
 # "utime stime" in clock ticks, summed over a proxy's processes (each
 # process's /proc/PID/stat already covers all its threads, live and exited).
@@ -813,6 +833,39 @@ if (( REDIS )); then
     rate_limit: ${RL_POLICY[$v]}"
     done
 fi
+# The flood scenario on the peers, only when it runs (so the configs of the
+# other scenarios are as before): the same limit, 100/s with a burst of 100
+# per x-api-key, on paths beginning with /flood. NGINX: limit_req, each
+# refusal logged at info, which error_log warn does not write (Portcullis
+# writes none). HAProxy: a stick table of request rates per key, tracked
+# and checked only on /flood, so the other paths skip the table; it counts
+# the refused requests too (see the header).
+NG_FLOOD_ZONE="" NG_FLOOD_LOCATION="" HA_FLOOD_RULES="" HA_FLOOD_TABLE=""
+if (( FLOOD )); then
+    NG_FLOOD_ZONE="
+  limit_req_zone \$http_x_api_key zone=flood:10m rate=100r/s;"
+    NG_FLOOD_LOCATION="
+    location /flood {
+      limit_req zone=flood burst=100 nodelay;
+      limit_req_status 429;
+      limit_req_log_level info;
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Host \$http_host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$http_host;
+    }"
+    HA_FLOOD_RULES="
+    acl flood path_beg /flood
+    http-request track-sc0 req.hdr(x-api-key) table flood if flood
+    http-request deny deny_status 429 if flood { sc_http_req_rate(0) gt 100 }"
+    HA_FLOOD_TABLE="
+backend flood
+    stick-table type string len 64 size 100k expire 30s store http_req_rate(1s)"
+fi
+
 # One rate_limits key for the policies of both blocks.
 [[ -n $PC_RL_ITEMS ]] && PC_RL_POLICIES="
 rate_limits:$PC_RL_ITEMS"
@@ -876,13 +929,13 @@ worker_processes 1;
 daemon off;
 ${NGINX_COMMON//PREFIX/$TMP/nginx}
 http {
-${NGINX_HTTP_COMMON//PREFIX/$TMP/nginx}
+${NGINX_HTTP_COMMON//PREFIX/$TMP/nginx}$NG_FLOOD_ZONE
   upstream up {
     server 127.0.0.1:$UP_PORT;
     keepalive 64;
   }
   server {
-    listen 127.0.0.1:$NG_PORT;
+    listen 127.0.0.1:$NG_PORT;$NG_FLOOD_LOCATION
     location / {
       proxy_pass http://up;
       proxy_http_version 1.1;
@@ -909,13 +962,13 @@ defaults
     timeout server 60s
     timeout http-keep-alive 60s
 frontend fe
-    bind 127.0.0.1:$HA_PORT
+    bind 127.0.0.1:$HA_PORT$HA_FLOOD_RULES
     option forwardfor
     http-request set-header X-Forwarded-Proto http
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
     default_backend be$HA_TLS_FRONTEND
 backend be
-    server up 127.0.0.1:$UP_PORT
+    server up 127.0.0.1:$UP_PORT$HA_FLOOD_TABLE
 EOF
 
 # ---------------------------------------------------------------- start
@@ -997,6 +1050,45 @@ if (( RL )) && [[ -n ${PID[portcullis]:-} ]]; then
         echo "$rl_head" >&2
         exit 1
     fi
+fi
+# flood: the proxies that run it (all but the hyper baseline, which has no
+# rate limit). The limit is in force on each: a 1 s wrk with a single key
+# (not one of the flood script's) gets 200s, then 429s, and nothing else:
+# its Lua script counts the statuses (response() makes wrk parse every
+# response's headers, so only this check has one, not the measured runs).
+flood_selected=()
+declare -A FLOOD_CHECK=()
+if (( FLOOD )); then
+    cat >"$TMP/rl/check.lua" <<'EOF'
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+  statuses = {}
+  wrk.headers["x-api-key"] = "flood-check"
+end
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+function done(summary, latency, requests)
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("statuses")) do io.write(string.format("status %d %d\n", k, v)) end
+  end
+end
+EOF
+    for p in "${selected[@]}"; do [[ $p == baseline ]] || flood_selected+=("$p"); done
+    for p in "${flood_selected[@]}"; do
+        timeout 15 taskset -c "$LOAD_CORE" wrk -t1 -c4 -d1s -s "$TMP/rl/check.lua" \
+            "http://127.0.0.1:${PORT[$p]}/flood/check" >"$TMP/rl/check-$p.txt" 2>&1 \
+            || { note "wrk against ${LABEL[$p]}'s /flood failed:"; cat "$TMP/rl/check-$p.txt" >&2; exit 1; }
+        st=$(awk '$1 == "status" { printf "%s%s x %s", (n++ ? ", " : ""), $3, $2 }' "$TMP/rl/check-$p.txt")
+        if ! awk '$1 == "status" { if ($2 == 200) ok = 1; else if ($2 == 429) no = 1; else bad = 1 }
+                  END { exit !(ok && no && !bad) }' "$TMP/rl/check-$p.txt"; then
+            note "${LABEL[$p]} does not enforce the flood limit: one key for 1 s got ${st:-no answer} (want 200s and 429s only):"
+            cat "$TMP/rl/check-$p.txt" >&2
+            exit 1
+        fi
+        FLOOD_CHECK[$p]=$st
+    done
 fi
 # redis: the three routes are the same Portcullis process, measured in turn.
 # A Redis policy is `connecting` until its store's first probe answers: the
@@ -1097,6 +1189,12 @@ if (( TLS )) && (( ${#tls_selected[@]} > 0 )); then
         printf 'tls:   %-11s %s\n' "${LABEL[$p]}" "$(tls_info "${TLS_PORT[$p]}")"
     done
 fi
+if (( FLOOD )) && (( ${#flood_selected[@]} > 0 )); then
+    echo "flood: limit 100/s, burst 100 per x-api-key on /flood: Portcullis rate_limit, NGINX limit_req (nodelay, status 429), HAProxy stick table http_req_rate(1s) > 100 -> deny 429"
+    for p in "${flood_selected[@]}"; do
+        printf 'flood:   %-11s one key for 1 s (wrk -c4): %s\n' "${LABEL[$p]}" "${FLOOD_CHECK[$p]}"
+    done
+fi
 # How busy the machine is with other work (all proxies idle now), over 1 s.
 read -r ab at < <(awk '/^cpu /{ t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat)
 sleep 1
@@ -1159,7 +1257,7 @@ else
 fi
 SC_TITLE[jwt]="plain HTTP/1.1 keep-alive to a JWT-protected route (wrk -t1 -c$CONNS, 100 ES256 tokens in turn; Portcullis only)"
 SC_TITLE[ratelimit]="plain HTTP/1.1 keep-alive with '$RL_KEY_HEADER' to a route whose rate-limit policy never refuses (rate 1e8/s, burst 1e8), rounds alternating with the policy-free route (wrk -t1 -c$CONNS; Portcullis only)"
-SC_TITLE[flood]="plain HTTP/1.1 keep-alive to a route limited to 100/s, burst 100 per x-api-key: $FLOOD_PCT% of requests with one hot key (429), the rest with 1000 keys in turn (proxied) (wrk -t1 -c$CONNS; Portcullis only)"
+SC_TITLE[flood]="plain HTTP/1.1 keep-alive to a route limited to 100/s, burst 100 per x-api-key: $FLOOD_PCT% of requests with one hot key (429), the rest with 1000 keys in turn (proxied) (wrk -t1 -c$CONNS; Portcullis, NGINX limit_req, HAProxy stick table; not the hyper baseline)"
 SC_TITLE[canary]="plain HTTP/1.1 keep-alive to a route splitting 95/5 by a sticky x-user key (1000 keys in turn), rounds alternating with the same requests to the single-upstream route (wrk -t1 -c$CONNS; Portcullis only)"
 SC_TITLE[redis]="plain HTTP/1.1 keep-alive with '$RL_KEY_HEADER' to three routes of one Portcullis, each with a policy that never refuses (rate 1e8/s, burst 1e8): store local, Redis sync exact, Redis sync batched (lease $REDIS_LEASE); rounds alternate the three (wrk -t1 -c$CONNS; Redis on core $LOAD_CORE; Portcullis only)"
 SC_RATE[canary]="req/s"; SC_UNIT[canary]="µs/req"
@@ -1212,8 +1310,9 @@ run_one() {  # run_one scenario proxy round
             || note "warm-up of ${LABEL[$p]} failed"
     fi
     local u0 s0 u1 s1 uu0 us0 uu1 us1 b0 t0 b0b t0b b1 t1 b1b t1b w0 w1 set0 set1
-    # flood: the gateway's counters, read outside the CPU window.
-    if [[ $sc == flood ]]; then http_get "$PC_ADMIN" /metrics >"$TMP/metrics-$sc-$r-before.txt"; fi
+    # flood: the gateway's counters, read outside the CPU window (Portcullis;
+    # the peers' answers are counted by wrk).
+    if [[ $sc == flood && $p == portcullis ]]; then http_get "$PC_ADMIN" /metrics >"$TMP/metrics-$sc-$r-before.txt"; fi
     # redis: the store is up, and the gateway's counters and Redis's INFO
     # before the run (outside the CPU window, as the reads after it).
     # A store that went down during the warm-up (a check without an answer
@@ -1257,7 +1356,7 @@ run_one() {  # run_one scenario proxy round
     # flood: answers by kind over the measured run, from the gateway's own
     # counters (every answer it finished, also those wrk did not wait for).
     local n_ok=0 n_429=0 n_other=0
-    if [[ $sc == flood ]]; then
+    if [[ $sc == flood && $p == portcullis ]]; then
         http_get "$PC_ADMIN" /metrics >"$TMP/metrics-$sc-$r-after.txt"
         local all
         n_ok=$(series_delta 'portcullis_requests_total{route="flood",status="200"} ' "$sc-$r")
@@ -1337,6 +1436,17 @@ run_one() {  # run_one scenario proxy round
     # flood: the 429s are the point, not errors; an error is any other
     # status the gateway answered on the route.
     local non2xx_wrk=${non2xx:-0}
+    # The peers: wrk's counts. Its non-2xx are taken as 429s up to what the
+    # hot key can account for: FLOOD_PCT% of the requests sent (those it
+    # completed and at most one in flight per connection), plus one for the
+    # rounding; any beyond that are other statuses (a lower bound).
+    if [[ $sc == flood && $p != portcullis ]]; then
+        local hot_max
+        hot_max=$(( (FLOOD_PCT * (reqs + conns) + 99) / 100 + 1 ))
+        n_429=$non2xx_wrk n_other=0
+        if (( n_429 > hot_max )); then n_other=$((n_429 - hot_max)) n_429=$hot_max; fi
+        n_ok=$((reqs - non2xx_wrk))
+    fi
     if [[ $sc == flood ]]; then non2xx=$n_other; fi
     # Columns: proxy round rps p50 p99 user sys total rss sockerr non2xx
     #   core0% core1% others-on-core0% wrk-us/req upstream-us/req others-on-core1%
@@ -1378,11 +1488,16 @@ run_one() {  # run_one scenario proxy round
             note "WARNING: round $r of ${LABEL[$p]}: handshake_load resumed sessions in the handshake scenario"
         fi
     fi
-    if [[ $sc == flood ]]; then
+    if [[ $sc == flood && $p == portcullis ]]; then
         tail -1 "$RESULTS" | awk -F'\t' -v wbad="${non2xx_wrk:-0}" '{
             t = $21 + $22 + $23
             printf "         gateway answered %d: %d x 200, %d x 429 (%.1f%%), %d other; wrk saw %d requests, %d non-2xx\n",
                 t, $21, $22, (t > 0 ? 100 * $22 / t : 0), $23, $18, wbad }'
+    elif [[ $sc == flood ]]; then
+        tail -1 "$RESULTS" | awk -F'\t' -v wbad="${non2xx_wrk:-0}" '{
+            t = $21 + $22 + $23
+            printf "         wrk saw %d requests: %d x 2xx (200), %d non-2xx: %d taken as 429 (%.1f%%), %d beyond the hot key'"'"'s share (other)\n",
+                $18, $21, wbad, $22, (t > 0 ? 100 * $22 / t : 0), $23 }'
     fi
     if [[ $sc == redis ]]; then
         tail -1 "$RESULTS" | awk -F'\t' -v list="${r_list//,/, }" -v we="$warm_errs" -v w="$waited" '{
@@ -1458,7 +1573,7 @@ summarize() {  # summarize SCENARIO PROXY...: the tables of one scenario
             done
             # Issue 3's target for the TLS scenarios: at least the better
             # peer's rate (NGINX or HAProxy, whichever is higher in this run).
-            if [[ $sc != http ]]; then
+            if [[ $sc == https || $sc == handshake || $sc == resume ]]; then
                 local best="" cheap="" q
                 for q in nginx haproxy; do
                     [[ " ${procs[*]} " == *" $q "* ]] || continue
@@ -1485,59 +1600,128 @@ summarize() {  # summarize SCENARIO PROXY...: the tables of one scenario
 
 # flood: the answers by kind per round, and the CPU of a refused request
 # solved from each round's total: cpu = n_200 x c_200 + n_429 x c_429, with
-# c_200 the proxied request's median cost in this run (the ratelimit
-# scenario: the same route type, policy and RateLimit headers included;
-# else the http scenario).
-flood_report() {
-    local src="" f cu="" cs="" ct="" c
-    for c in ratelimit http; do
+# c_200 the proxied request's median cost of the same proxy in this run
+# (Portcullis: the ratelimit scenario, the same route type, policy and
+# RateLimit headers included, else the http scenario; NGINX and HAProxy:
+# the http scenario), so each proxy's refused/proxied ratio is its own.
+# Portcullis's table and line keep their format; the peers follow, then one
+# table of every proxy's ratio.
+# flood_c200 PROXY SCENARIO...: "scenario user sys total" (µs per request,
+# medians) from the first of the scenarios that ran PROXY, or nothing.
+flood_c200() {
+    local p=$1 c f; shift
+    for c in "$@"; do
         f=$TMP/results-$c.tsv
-        if [[ -s $f ]] && awk -F'\t' '$1 == "portcullis" { found = 1 } END { exit !found }' "$f"; then
-            src=$c
-            cu=$(RESULTS=$f col portcullis 6); cs=$(RESULTS=$f col portcullis 7); ct=$(RESULTS=$f col portcullis 8)
-            break
+        if [[ -s $f ]] && awk -F'\t' -v p="$p" '$1 == p { found = 1 } END { exit !found }' "$f"; then
+            echo "$c $(RESULTS=$f col "$p" 6) $(RESULTS=$f col "$p" 7) $(RESULTS=$f col "$p" 8)"
+            return
         fi
     done
-    echo
-    echo "Answers from the gateway's counters (requests_total{route=\"flood\"} and"
-    echo "rate_limited_total{policy=\"bench-flood\",mode=\"enforce\"}, before and after each"
-    echo "measured run), and the gateway's CPU over the run (user + sys, /proc/PID/stat)."
-    if [[ -n $src ]]; then
-        echo "CPU per 429 is solved from cpu = n_200 x c_200 + n_429 x c_429, with c_200 the"
-        echo "proxied request's median in the \`$src\` scenario of this run: $ct µs (user $cu, sys $cs)."
-    else
-        echo "No ratelimit or http scenario with Portcullis in this run: CPU per 429 not split out."
-    fi
-    echo
-    echo "| round | req/s | 200 | 429 | other | 429 share | gateway CPU s | total µs per 429 | user µs per 429 | sys µs per 429 |"
-    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    awk -F'\t' -v cu="${cu:-}" -v cs="${cs:-}" -v ct="${ct:-}" -v out="$TMP/flood-split.tsv" '
+}
+# flood_rows PROXY LABEL CT CU CS OUT: the proxy's rounds as table rows (a
+# first cell LABEL when not empty), and per round "share total user sys
+# n200 n429" (the split, or "-") into OUT.
+flood_rows() {
+    awk -F'\t' -v p="$1" -v l="$2" -v ct="$3" -v cu="$4" -v cs="$5" -v out="$6" '
         function solve(cpu, c) { return (c != "" && $22 > 0) ? sprintf("%.2f", (cpu - $21 * c) / $22) : "-" }
-        $1 == "portcullis" {
+        $1 == p {
             t = $21 + $22 + $23
             share = t > 0 ? 100 * $22 / t : 0
             a = solve($19 + $20, ct); u = solve($19, cu); s = solve($20, cs)
-            printf "| %s | %.0f | %d | %d | %d | %.1f%% | %.2f | %s | %s | %s |\n", $2, $3, $21, $22, $23, share, ($19 + $20) / 1e6, a, u, s
+            printf "| %s%s | %.0f | %d | %d | %d | %.1f%% | %.2f | %s | %s | %s |\n", (l == "" ? "" : l " | "), $2, $3, $21, $22, $23, share, ($19 + $20) / 1e6, a, u, s
             printf "%.3f\t%s\t%s\t%s\t%.0f\t%.0f\n", share, a, u, s, $21, $22 >out
         }' "$RESULTS"
-    local share a u s
-    share=$(cut -f1 "$TMP/flood-split.tsv" | median)
+}
+flood_report() {
+    local p c src cu ct cs share a u s prefix
+    local -a ran=() peers=()
+    local -A F
+    for p in portcullis nginx haproxy; do
+        awk -F'\t' -v p="$p" '$1 == p { found = 1 } END { exit !found }' "$RESULTS" || continue
+        ran+=("$p")
+        [[ $p == portcullis ]] || peers+=("$p")
+        if [[ $p == portcullis ]]; then c=$(flood_c200 "$p" ratelimit http); else c=$(flood_c200 "$p" http); fi
+        read -r "F[$p,src]" "F[$p,cu]" "F[$p,cs]" "F[$p,ct]" <<<"${c:-- - - -}"
+        [[ ${F[$p,src]} != - ]] || F[$p,src]="" F[$p,cu]="" F[$p,cs]="" F[$p,ct]=""
+        : >"$TMP/flood-split-$p.tsv"
+    done
+    if [[ " ${ran[*]} " == *" portcullis "* ]]; then
+        src=${F[portcullis,src]} cu=${F[portcullis,cu]} cs=${F[portcullis,cs]} ct=${F[portcullis,ct]}
+        echo
+        echo "Answers from the gateway's counters (requests_total{route=\"flood\"} and"
+        echo "rate_limited_total{policy=\"bench-flood\",mode=\"enforce\"}, before and after each"
+        echo "measured run), and the gateway's CPU over the run (user + sys, /proc/PID/stat)."
+        if [[ -n $src ]]; then
+            echo "CPU per 429 is solved from cpu = n_200 x c_200 + n_429 x c_429, with c_200 the"
+            echo "proxied request's median in the \`$src\` scenario of this run: $ct µs (user $cu, sys $cs)."
+        else
+            echo "No ratelimit or http scenario with Portcullis in this run: CPU per 429 not split out."
+        fi
+        echo
+        echo "| round | req/s | 200 | 429 | other | 429 share | gateway CPU s | total µs per 429 | user µs per 429 | sys µs per 429 |"
+        echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        flood_rows portcullis "" "$ct" "$cu" "$cs" "$TMP/flood-split-portcullis.tsv"
+    fi
+    if (( ${#peers[@]} > 0 )); then
+        echo
+        echo "NGINX and HAProxy: answers counted by wrk (429 = its non-2xx, up to the hot key's share of"
+        echo "the requests; \"other\" = non-2xx beyond it; 200 = requests - non-2xx), and the proxy's CPU"
+        echo "over the run (user + sys of all its processes, /proc/PID/stat). CPU per 429 is solved the"
+        echo "same way, with c_200 each proxy's own median in the \`http\` scenario of this run:"
+        for p in "${peers[@]}"; do
+            if [[ -n ${F[$p,src]} ]]; then
+                echo "  ${LABEL[$p]}: ${F[$p,ct]} µs (user ${F[$p,cu]}, sys ${F[$p,cs]})."
+            else
+                echo "  ${LABEL[$p]}: no http scenario with it before flood in this run: CPU per 429 not split out."
+            fi
+        done
+        echo
+        echo "| proxy | round | req/s | 200 | 429 | other | 429 share | proxy CPU s | total µs per 429 | user µs per 429 | sys µs per 429 |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        for p in "${peers[@]}"; do
+            flood_rows "$p" "${LABEL[$p]}" "${F[$p,ct]}" "${F[$p,cu]}" "${F[$p,cs]}" "$TMP/flood-split-$p.tsv"
+        done
+    fi
     echo
-    if [[ -z $src ]]; then
-        printf 'flood (issue 5): median 429 share %.1f%%.\n' "$share"
-        return
-    fi
-    a=$(cut -f2 "$TMP/flood-split.tsv" | grep -v '^-$' | median)
-    u=$(cut -f3 "$TMP/flood-split.tsv" | grep -v '^-$' | median)
-    s=$(cut -f4 "$TMP/flood-split.tsv" | grep -v '^-$' | median)
-    if [[ -z $a ]]; then
-        printf 'flood (issue 5): median 429 share %.1f%%; no 429 to price.\n' "$share"
-        return
-    fi
-    awk -v share="$share" -v a="$a" -v u="$u" -v s="$s" -v ct="$ct" -v cu="$cu" -v cs="$cs" -v src="$src" \
-        'function r(x, y) { return y > 0 ? sprintf("%.2f", x / y) : "-" } BEGIN {
-        printf "flood (issue 5): median 429 share %.1f%%; CPU per refused request %.2f µs (user %.2f, sys %.2f) vs %.2f µs per proxied one (user %.2f, sys %.2f; %s scenario) = %sx (user %sx, sys %sx), medians over rounds.\n",
-            share, a, u, s, ct, cu, cs, src, r(a, ct), r(u, cu), r(s, cs) }'
+    for p in "${ran[@]}"; do
+        src=${F[$p,src]} cu=${F[$p,cu]} cs=${F[$p,cs]} ct=${F[$p,ct]}
+        # Portcullis's line as before; the peers' the same with their name.
+        if [[ $p == portcullis ]]; then prefix="flood (issue 5):"; else prefix="flood, ${LABEL[$p]}:"; fi
+        share=$(cut -f1 "$TMP/flood-split-$p.tsv" | median)
+        F[$p,share]=$share F[$p,a]=""
+        if [[ -z $src ]]; then
+            printf '%s median 429 share %.1f%%.\n' "$prefix" "$share"
+            continue
+        fi
+        a=$(cut -f2 "$TMP/flood-split-$p.tsv" | { grep -v '^-$' || true; } | median)
+        u=$(cut -f3 "$TMP/flood-split-$p.tsv" | { grep -v '^-$' || true; } | median)
+        s=$(cut -f4 "$TMP/flood-split-$p.tsv" | { grep -v '^-$' || true; } | median)
+        if [[ -z $a ]]; then
+            printf '%s median 429 share %.1f%%; no 429 to price.\n' "$prefix" "$share"
+            continue
+        fi
+        F[$p,a]=$a F[$p,u]=$u F[$p,s]=$s
+        awk -v prefix="$prefix" -v share="$share" -v a="$a" -v u="$u" -v s="$s" -v ct="$ct" -v cu="$cu" -v cs="$cs" -v src="$src" \
+            'function r(x, y) { return y > 0 ? sprintf("%.2f", x / y) : "-" } BEGIN {
+            printf "%s median 429 share %.1f%%; CPU per refused request %.2f µs (user %.2f, sys %.2f) vs %.2f µs per proxied one (user %.2f, sys %.2f; %s scenario) = %sx (user %sx, sys %sx), medians over rounds.\n",
+                prefix, share, a, u, s, ct, cu, cs, src, r(a, ct), r(u, cu), r(s, cs) }'
+    done
+    (( ${#peers[@]} > 0 )) || return 0
+    echo
+    echo "Refused vs proxied, each proxy against itself in this run (medians over rounds; the ratio"
+    echo "is the CPU of a 429 over that of a proxied request of the same proxy: below 1, a refusal"
+    echo "is cheaper than proxying; compare ratios across proxies, not the µs):"
+    echo
+    echo "| proxy | 429 share | µs per proxied request (scenario) | µs per refused request | refused / proxied | user ratio | sys ratio |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for p in "${ran[@]}"; do
+        awk -v l="${LABEL[$p]}" -v share="${F[$p,share]}" -v src="${F[$p,src]}" -v ct="${F[$p,ct]}" -v cu="${F[$p,cu]}" -v cs="${F[$p,cs]}" \
+            -v a="${F[$p,a]}" -v u="${F[$p,u]}" -v s="${F[$p,s]}" \
+            'function r(x, y) { return (x != "" && y > 0) ? sprintf("%.2fx", x / y) : "-" } BEGIN {
+            printf "| %s | %.1f%% | %s | %s | %s | %s | %s |\n", l, share,
+                (src == "" ? "-" : sprintf("%.2f (%s)", ct, src)), (a == "" ? "-" : sprintf("%.2f", a)),
+                r(a, ct), r(u, cu), r(s, cs) }'
+    done
 }
 
 # redis: Redis's side per route, the ratios to the local store (medians of
@@ -1603,7 +1787,8 @@ redis_report() {
 first=1
 for sc in "${scenarios[@]}"; do
     if [[ $sc == http ]]; then procs=("${selected[@]}")
-    elif [[ $sc == jwt || $sc == ratelimit || $sc == flood || $sc == canary || $sc == redis ]]; then
+    elif [[ $sc == flood ]]; then procs=("${flood_selected[@]}")
+    elif [[ $sc == jwt || $sc == ratelimit || $sc == canary || $sc == redis ]]; then
         procs=()
         if [[ " ${selected[*]} " == *" portcullis "* ]]; then
             if [[ $sc == ratelimit || $sc == canary ]]; then procs=(plain portcullis)
@@ -1617,7 +1802,8 @@ for sc in "${scenarios[@]}"; do
     echo
     if (( ${#procs[@]} == 0 )); then
         case "$sc" in
-            jwt|ratelimit|flood|canary|redis) echo "(Portcullis not selected: skipped)" ;;
+            jwt|ratelimit|canary|redis) echo "(Portcullis not selected: skipped)" ;;
+            flood) echo "(no proxy with a rate limit selected (Portcullis, NGINX, HAProxy): skipped)" ;;
             *) echo "(no proxy with TLS selected: skipped)" ;;
         esac
         continue
