@@ -31,11 +31,12 @@ pub async fn try_until_final(
     adaptive: Adaptive<'_>,
     exchange: &mut Exchange,
 ) -> (Result<Response<UpstreamBody>, Reject>, Option<Outcome>) {
-    let deadline = Instant::now() + timeout;
+    let now = Instant::now();
+    let deadline = now + timeout;
     exchange.attempts = 1;
     let Some((policy, budget)) = &upstream.retry else {
         let (result, outcome, _) =
-            try_once(upstream, key, 0, req, deadline, adaptive, exchange).await;
+            try_once(upstream, key, 0, req, (now, deadline), adaptive, exchange).await;
         return (result, outcome);
     };
     budget.deposit();
@@ -54,12 +55,21 @@ pub async fn try_until_final(
             let reason = "the request body cannot be sent again";
             return (Err(Reject::BadRequest { reason }), None);
         };
+        let now = Instant::now();
         let per_try = policy
             .per_try_timeout
-            .map_or(deadline, |t| deadline.min(Instant::now() + t));
+            .map_or(deadline, |t| deadline.min(now + t));
         let req = Request::from_parts(copy_head(&head), this_body);
-        let (result, outcome, index) =
-            try_once(upstream, key, tried, req, per_try, adaptive, exchange).await;
+        let (result, outcome, index) = try_once(
+            upstream,
+            key,
+            tried,
+            req,
+            (now, per_try),
+            adaptive,
+            exchange,
+        )
+        .await;
         let again = outcome.is_some_and(|o| policy.retries_on(o, idempotent));
         if attempt > 1 && outcome.is_some() {
             let counter = if again {
@@ -89,16 +99,16 @@ pub async fn try_until_final(
 /// The adaptive concurrency limit, fed with each try's latency.
 pub type Adaptive<'a> = Option<(&'a Shedder, &'a ShedPolicy)>;
 
-/// One try: the balancer picks an available endpoint, the exchange runs
-/// until `deadline`, and its outcome feeds outlier detection and the
-/// adaptive limit. Returns the result, its outcome (`None` when the
+/// One try, from `started` (the caller's clock reading) to `deadline`: the
+/// balancer picks an available endpoint, the exchange runs, and its
+/// outcome feeds outlier detection and the adaptive limit. Returns the result, its outcome (`None` when the
 /// upstream was not at fault or not tried) and the endpoint's index.
 async fn try_once(
     upstream: &Upstream,
     key: Option<u64>,
     tried: u64,
     req: Request<RequestBody>,
-    deadline: Instant,
+    (started, deadline): (Instant, Instant),
     adaptive: Adaptive<'_>,
     exchange: &mut Exchange,
 ) -> (
@@ -118,9 +128,8 @@ async fn try_once(
         );
     };
     exchange.endpoint = Some(endpoint.addr.clone());
-    let started = Instant::now();
     let timeout = deadline.saturating_duration_since(started);
-    let result = super::forward(upstream, endpoint, req, timeout).await;
+    let result = super::forward(upstream, endpoint, req, deadline, timeout).await;
     let outcome = super::outcome_of(&result);
     if let (Some((shedder, policy)), Some(_)) = (adaptive, outcome) {
         shedder.sample(policy, started.elapsed());
