@@ -101,8 +101,9 @@ pub type Adaptive<'a> = Option<(&'a Shedder, &'a ShedPolicy)>;
 
 /// One try, from `started` (the caller's clock reading) to `deadline`: the
 /// balancer picks an available endpoint, the exchange runs, and its
-/// outcome feeds outlier detection and the adaptive limit. Returns the result, its outcome (`None` when the
-/// upstream was not at fault or not tried) and the endpoint's index.
+/// outcome feeds outlier detection and the adaptive limit. Returns the
+/// result, its outcome (`None` when the upstream was not at fault or not
+/// tried) and the endpoint's index.
 async fn try_once(
     upstream: &Upstream,
     key: Option<u64>,

@@ -158,8 +158,8 @@ impl Upstream {
 }
 
 /// Sends `req` (hygiene already applied) to `endpoint` and waits until
-/// `deadline` for the response head; `timeout` is the time that left the
-/// try, for the 504's detail.
+/// `deadline` for the response head; `timeout` (the time the try was
+/// given) is for the 504's detail.
 pub async fn forward(
     upstream: &Upstream,
     endpoint: &Arc<Endpoint>,
