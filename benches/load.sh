@@ -606,6 +606,17 @@ ${NGINX_HTTP_COMMON//PREFIX/$TMP/upstream}
 EOF
 fi
 
+# How NGINX forwards, in each location that proxies (plain, TLS, flood):
+# keep-alive to the upstream and the headers Portcullis sets. Single quotes:
+# the $ names are NGINX's variables, written as they are.
+NG_PROXY='proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;'
+
 # The TLS scenarios: one certificate for every proxy, and a TLS listener
 # next to the plain one in each proxy's config (one process serves both).
 PC_TLS_LISTENER="" NG_TLS_SERVER="" HA_TLS_GLOBAL="" HA_TLS_FRONTEND="" NORESUME_SO=""
@@ -673,13 +684,7 @@ EOF
     ssl_session_cache shared:SSL:10m;
     ssl_session_tickets on;
     location / {
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \"\";
-      proxy_set_header Host \$http_host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$http_host;
+      $NG_PROXY
     }
   }"
     HA_TLS_GLOBAL="
@@ -849,13 +854,7 @@ if (( FLOOD )); then
       limit_req zone=flood burst=100 nodelay;
       limit_req_status 429;
       limit_req_log_level info;
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \"\";
-      proxy_set_header Host \$http_host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$http_host;
+      $NG_PROXY
     }"
     HA_FLOOD_RULES="
     acl flood path_beg /flood
@@ -937,13 +936,7 @@ ${NGINX_HTTP_COMMON//PREFIX/$TMP/nginx}$NG_FLOOD_ZONE
   server {
     listen 127.0.0.1:$NG_PORT;$NG_FLOOD_LOCATION
     location / {
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$http_host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$http_host;
+      $NG_PROXY
     }
   }$NG_TLS_SERVER
 }
