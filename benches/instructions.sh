@@ -12,6 +12,11 @@
 # /metrics before and after. Prints instructions per request (Ir/req) and
 # keeps each profile for `callgrind_annotate --inclusive=yes FILE`.
 #
+# REQUESTS=refused prices a refusal instead: the route goes through a
+# policy keyed on `route` at 1/s with a burst of 1, so every request but
+# the first each second is answered 429 (its problem document, headers and
+# metrics), and requests are read from portcullis_rejections_total.
+#
 # Instructions are not time (a cache miss or a syscall's kernel work is
 # invisible here), so use this beside load.sh, not instead of it. The
 # gateway runs ~50x slower under valgrind; everything is bounded by
@@ -20,6 +25,21 @@
 set -euo pipefail
 
 DURATION=${DURATION:-6s}
+REQUESTS=${REQUESTS:-proxied}
+case $REQUESTS in
+    proxied) COUNTER=portcullis_requests_total POLICY="" ROUTE_POLICY="" ;;
+    refused)
+        COUNTER=portcullis_rejections_total
+        POLICY="
+rate_limits:
+  - name: refuse-all
+    key: [route]
+    rate: 1/s
+    burst: 1"
+        ROUTE_POLICY="
+    rate_limit: refuse-all" ;;
+    *) echo "instructions.sh: REQUESTS must be proxied or refused, got '$REQUESTS'" >&2; exit 2 ;;
+esac
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
     sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
@@ -59,16 +79,16 @@ server:
   access_log: false
 upstreams:
   - name: up
-    endpoints: [127.0.0.1:$UP]
+    endpoints: [127.0.0.1:$UP]$POLICY
 routes:
   - name: all
     match: { path_prefix: / }
-    upstream: up
+    upstream: up$ROUTE_POLICY
 EOF
 
 requests() {
     curl -s "http://127.0.0.1:$ADMIN/metrics" |
-        awk '/^portcullis_requests_total/ {s += $2} END {printf "%d\n", s}'
+        awk -v c="$COUNTER" 'index($0, c) == 1 {s += $2} END {printf "%d\n", s}'
 }
 
 n=0
@@ -96,7 +116,7 @@ for bin in "$@"; do
     profile=$(ls -t "$out".* | head -1)
     ir=$(callgrind_annotate "$profile" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n++ {gsub(",", "", $1); print $1}')
     reqs=$((after - before))
-    echo "$bin: $reqs requests, $ir instructions, $((ir / reqs)) per request (profile: $profile)"
+    echo "$bin: $reqs $REQUESTS requests, $ir instructions, $((ir / reqs)) per request (profile: $profile)"
 done
 trap - EXIT
 cleanup
