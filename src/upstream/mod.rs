@@ -174,7 +174,7 @@ pub async fn forward(
         // dropping this future, and the count must still come down.
         let _sending = InFlight::enter(&endpoint.in_flight);
         // `timeout_at`: the caller has read the clock already (a read is
-        // ~50 ns on this VM, and a request made about ten).
+        // ~50 ns on this VM, and a request still reads it about nine times).
         tokio::time::timeout_at(deadline, upstream.pool.send(endpoint, req)).await
     };
 

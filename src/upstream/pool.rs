@@ -413,8 +413,7 @@ impl Conn {
                     return Ok(head);
                 }
             }
-            make_room(&mut self.buf);
-            let n = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.buf)
+            let n = std::future::poll_fn(|cx| self.poll_read_more(cx))
                 .await
                 .map_err(SendError::Io)?;
             if n == 0 {
@@ -424,6 +423,17 @@ impl Conn {
                 )));
             }
         }
+    }
+
+    /// Reads more of the connection into `buf`, both for a response head
+    /// and for its body; `Ok(0)` at its end. Room is made
+    /// [`READ_CHUNK`] at a time when less than [`MIN_READ`] is left, so the
+    /// buffer is not reallocated for every read.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < MIN_READ {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
     /// Whether an idle connection can carry a request: nothing unread, and
@@ -441,14 +451,6 @@ impl Conn {
             Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
             Poll::Pending
         )
-    }
-}
-
-/// Room for the next read: [`READ_CHUNK`] when less than [`MIN_READ`] is
-/// left, so a buffer is not reallocated for every read.
-fn make_room(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < MIN_READ {
-        buf.reserve(READ_CHUNK);
     }
 }
 
@@ -606,12 +608,7 @@ impl UpstreamBody {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(Ok(0));
         };
-        make_room(&mut conn.buf);
-        let read = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut conn.io),
-            cx,
-            &mut conn.buf
-        ));
+        let read = ready!(conn.poll_read_more(cx));
         Poll::Ready(read.map_err(SendError::Io))
     }
 
