@@ -169,24 +169,24 @@ async fn framing_upstream() -> std::net::SocketAddr {
     spawn_raw(move |mut s| async move {
         let mut buf = Vec::new();
         while let Some(head) = next_head(&mut s, &mut buf).await {
-                let mut line = head.split(' ');
-                let (method, path) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
-                let answer: &[u8] = match (method, path) {
-                    ("HEAD", _) => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
-                    (_, "/length") => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
-                    (_, "/chunked") => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-checksum: 1\r\n\r\n",
-                    (_, "/no-content") => b"HTTP/1.1 204 No Content\r\n\r\n",
-                    (_, "/continue") => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-                    (_, "/until-close") => b"HTTP/1.1 200 OK\r\n\r\nuntil the end",
-                    (_, "/http10") => b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n10",
-                    _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
-                };
-                if s.write_all(answer).await.is_err() {
-                    return;
-                }
-                if path == "/until-close" || path == "/http10" {
-                    return;
-                }
+            let mut line = head.split(' ');
+            let (method, path) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
+            let answer: &[u8] = match (method, path) {
+                ("HEAD", _) => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                (_, "/length") => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+                (_, "/chunked") => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-checksum: 1\r\n\r\n",
+                (_, "/no-content") => b"HTTP/1.1 204 No Content\r\n\r\n",
+                (_, "/continue") => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                (_, "/until-close") => b"HTTP/1.1 200 OK\r\n\r\nuntil the end",
+                (_, "/http10") => b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n10",
+                _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+            };
+            if s.write_all(answer).await.is_err() {
+                return;
+            }
+            if path == "/until-close" || path == "/http10" {
+                return;
+            }
         }
     })
     .await
