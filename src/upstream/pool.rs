@@ -429,6 +429,9 @@ impl Conn {
     /// and for its body; `Ok(0)` at its end. Room is made
     /// [`READ_CHUNK`] at a time when less than [`MIN_READ`] is left, so the
     /// buffer is not reallocated for every read.
+    // Inlined: shared by the head and the body, it was left a call and
+    // cost ~150 instructions a request (callgrind).
+    #[inline]
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < MIN_READ {
             self.buf.reserve(READ_CHUNK);
