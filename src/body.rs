@@ -20,6 +20,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::error::Reject;
+use crate::server::http1::H1Body;
 use crate::telemetry::Exchange;
 use crate::upstream::{SendError, UpstreamBody};
 
@@ -32,7 +33,7 @@ pub enum ClientBodyError {
     TooLarge { limit: u64 },
     /// Bad chunked framing, or the client closed mid-body.
     #[error("the request body is malformed or was cut off: {0}")]
-    Broken(hyper::Error),
+    Broken(Box<dyn std::error::Error + Send + Sync>),
     /// No bytes of it for `body_read_timeout`.
     #[error("no request body bytes for {0:?}")]
     ReadTimeout(Duration),
@@ -53,6 +54,42 @@ impl ClientBodyError {
     }
 }
 
+/// The client's request body as its server reads it: hyper's (HTTP/2, and
+/// HTTP/1.1 with `server.http1: hyper`) or the native HTTP/1.1 server's.
+pub enum ClientBody {
+    Hyper(Incoming),
+    Native(H1Body),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::Native(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Native(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Native(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The client's request body, limited to `limit` bytes, each read waiting
 /// at most `read_timeout`. It may start with bytes already read (a replayed
 /// or partly buffered body).
@@ -61,7 +98,7 @@ pub struct RequestBody {
     prefix: Option<Bytes>,
     /// `None` once the limit was hit and the rest handed to [`linger`], or
     /// for a body held whole in `prefix`.
-    inner: Option<Incoming>,
+    inner: Option<ClientBody>,
     /// Trailers read while buffering, sent last.
     /// Boxed: rare, and inline it would make every request 88 bytes
     /// larger, copied at each step of the way upstream.
@@ -76,7 +113,7 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64, read_timeout: Duration) -> Self {
+    pub fn new(inner: ClientBody, limit: u64, read_timeout: Duration) -> Self {
         RequestBody {
             prefix: None,
             inner: Some(inner),
@@ -287,16 +324,19 @@ const LINGER_BYTES: u64 = 64 << 20;
 /// forward (it answered 404, 413, ... before reading it), for a bounded time
 /// and size. Closing a socket with unread data makes the kernel send a
 /// reset, which can destroy the error response before the client reads it;
-/// NGINX calls the same remedy "lingering close".
-pub fn linger(body: Incoming) {
-    if body.is_end_stream() {
-        return;
+/// NGINX calls the same remedy "lingering close". The native HTTP/1.1
+/// server does this itself after the response, on its own connection.
+pub fn linger(body: ClientBody) {
+    match body {
+        ClientBody::Hyper(body) if !body.is_end_stream() => {
+            tokio::spawn(drain(
+                body,
+                LINGER_BYTES,
+                tokio::time::Instant::now() + LINGER_TIME,
+            ));
+        }
+        _ => {}
     }
-    tokio::spawn(drain(
-        body,
-        LINGER_BYTES,
-        tokio::time::Instant::now() + LINGER_TIME,
-    ));
 }
 
 /// Reads `body` and drops what it reads, until it ends, fails, `limit`

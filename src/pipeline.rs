@@ -21,10 +21,9 @@ use std::time::Duration;
 use http::header::{HeaderValue, CONNECTION, HOST};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Version};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::{self, RequestBody, ResponseBody};
+use crate::body::{self, ClientBody, RequestBody, ResponseBody};
 use crate::client_key::KeySource;
 use crate::config::LimitMode;
 use crate::error::Reject;
@@ -46,7 +45,7 @@ use crate::{limits, proxy, routing, target, Shared};
 pub async fn handle(
     shared: &Shared,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
 ) -> Response<ResponseBody> {
     let snap = shared.snapshot.load_full();
     shared.metrics.in_flight.increment(1.0);
@@ -143,7 +142,7 @@ async fn run(
     snap: &Snapshot,
     load: &Load<'_>,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     exchange: &mut Exchange,
 ) -> Result<Response<ResponseBody>, Reject> {
     // 1–3 look only at the head; a refusal there leaves the body unread.
@@ -206,7 +205,7 @@ async fn admit_and_route(
     snap: &Snapshot,
     load: &Load<'_>,
     conn: &ConnInfo,
-    req: &mut Request<Incoming>,
+    req: &mut Request<ClientBody>,
     exchange: &mut Exchange,
 ) -> Result<Chosen, Reject> {
     // 1. admit: shed first, so a refusal costs next to nothing.
@@ -322,7 +321,7 @@ fn not_found(
     snap: &Snapshot,
     host: Option<&str>,
     path: &str,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     version: Option<u32>,
 ) -> Reject {
     if snap.versioning.is_none() {
@@ -390,7 +389,7 @@ async fn forward(
 /// body in its size limit and read timeout.
 fn rewrite(
     snap: &Snapshot,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     route: &Arc<Route>,
     version_segment: Option<VersionSegment>,
     conn: &ConnInfo,

@@ -293,6 +293,8 @@ pub struct ServerConfig {
     pub idle_timeout: Dur,
     pub max_header_bytes: Size,
     pub max_body_bytes: Size,
+    /// Which HTTP/1.1 server serves client connections.
+    pub http1: Http1Server,
     pub http2: Http2Config,
     pub drain_delay: Dur,
     pub drain_timeout: Dur,
@@ -316,6 +318,7 @@ impl Default for ServerConfig {
             idle_timeout: Dur::secs(60),
             max_header_bytes: Size(16 << 10),
             max_body_bytes: Size(10 << 20),
+            http1: Http1Server::Native,
             http2: Http2Config::default(),
             drain_delay: Dur::secs(0),
             drain_timeout: Dur::secs(30),
@@ -324,6 +327,16 @@ impl Default for ServerConfig {
             upstream_header: true,
         }
     }
+}
+
+/// `server.http1`: the gateway's own HTTP/1.1 server (`native`, the
+/// default: fewer instructions per request), or hyper's (`hyper`), kept as
+/// a fallback. HTTP/2 is served by hyper either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Http1Server {
+    Native,
+    Hyper,
 }
 
 /// HTTP/2 limits on client connections (`server.http2`): each bounds what

@@ -1,7 +1,9 @@
 //! Listeners: the accept loop, the connection cap, HTTP/1.1 and HTTP/2
 //! (prior knowledge) on one port, per-connection timeouts, and graceful
-//! drain. Each request is handed to [`crate::pipeline::handle`] through one
-//! `service_fn`.
+//! drain. Each request is handed to [`crate::pipeline::handle`]: by the
+//! native HTTP/1.1 server ([`http1`], the default), or through one
+//! `service_fn` by hyper (HTTP/2, which the native server hands over when
+//! it sees the preface, and HTTP/1.1 with `server.http1: hyper`).
 //!
 //! Timeouts are watched per connection by [`ConnState`] rather than by
 //! hyper's `header_read_timeout`, because hyper's also starts while an idle
@@ -23,6 +25,8 @@
 //! woken per request: it looks every quarter of the shortest timeout, so a
 //! timeout fires between 1 and 1.25 times its length.
 
+mod h1;
+pub mod http1;
 mod io;
 pub mod listeners;
 
@@ -43,8 +47,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep_until, Instant};
 
+use crate::body::ClientBody;
 use crate::clock::millis;
-use crate::config::{Http2Config, ServerConfig};
+use crate::config::{Http1Server, Http2Config, ServerConfig};
 use crate::telemetry::{
     CONNECTIONS_CUT_TOTAL, CONNECTIONS_REJECTED_TOTAL, CONNECTIONS_TOTAL, OPEN_CONNECTIONS,
 };
@@ -253,6 +258,7 @@ pub struct ConnSettings {
     pub send_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections_per_ip: Option<usize>,
+    pub http1: Http1Server,
     pub http2: Http2Config,
 }
 
@@ -264,6 +270,7 @@ impl ConnSettings {
             send_timeout: s.send_timeout.0,
             max_header_bytes: usize::try_from(s.max_header_bytes.0).unwrap_or(usize::MAX),
             max_connections_per_ip: s.max_connections_per_ip,
+            http1: s.http1,
             http2: s.http2.clone(),
         }
     }
@@ -276,16 +283,34 @@ impl ConnSettings {
         }
     }
 
+    /// The HTTP/1.1 servers' own limit on a request head is a backstop at
+    /// twice `max_header_bytes`, so heads between the two get the
+    /// contract's 431 document from the pipeline, which measures them as
+    /// the client sent them.
+    fn head_backstop(&self) -> usize {
+        (self.max_header_bytes * 2).max(8192)
+    }
+
+    fn max_headers(&self) -> usize {
+        (self.max_header_bytes / 16).clamp(100, 4096)
+    }
+
+    fn http1_limits(&self) -> http1::Limits {
+        http1::Limits {
+            max_head_bytes: self.head_backstop(),
+            max_headers: self.max_headers(),
+            max_header_bytes: self.max_header_bytes as u64,
+        }
+    }
+
     fn builder(&self) -> auto::Builder<TokioExecutor> {
         let mut b = auto::Builder::new(TokioExecutor::new());
-        // Hyper's own limit is a backstop at twice ours, so requests between
-        // the two get the contract's 431 document from the pipeline.
-        let hyper_limit = (self.max_header_bytes * 2).max(8192);
+        let hyper_limit = self.head_backstop();
         b.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(None)
             .max_buf_size(hyper_limit)
-            .max_headers((self.max_header_bytes / 16).clamp(100, 4096));
+            .max_headers(self.max_headers());
         // Each HTTP/2 limit bounds what one connection can pin: streams ×
         // send buffer for responses, the connection window for uploads, the
         // header list (HPACK-decoded, CONTINUATION frames included) for heads.
@@ -565,52 +590,34 @@ impl Connection {
             state: state.clone(),
             client_cert_subject,
         });
-        let service = service_fn(move |req| {
-            let shared = shared.clone();
-            let info = info.clone();
-            async move { Ok::<_, Infallible>(pipeline::handle(&shared, &info, req).await) }
-        });
-        let io = TokioIo::new(io::WatchedIo::new(stream, state.clone()));
-        let conn = rt.builder.serve_connection(io, service);
-        let mut conn = std::pin::pin!(conn);
-        let mut stop = drain.stop.clone();
-        let t = settings.timeouts();
-        let mut next = state.epoch;
-        // When the graceful shutdown began (drain, or idle_timeout).
-        let mut shutdown_at: Option<Instant> = None;
-        let cut = loop {
-            tokio::select! {
-                served = conn.as_mut() => break match served {
-                    // hyper answered 400 or 431 itself and closed.
-                    Err(e) if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) => {
-                        Some(Cut::MalformedRequest)
+        let io = io::WatchedIo::new(stream, state.clone());
+        let mut watch = Watchdog {
+            state: state.clone(),
+            t: settings.timeouts(),
+            stop: drain.stop.clone(),
+            next: state.epoch,
+            shutdown_at: None,
+        };
+        let cut = match settings.http1 {
+            Http1Server::Hyper => watch.hyper(&rt, io, &shared, &info).await,
+            Http1Server::Native => {
+                let native = http1::Native::new(io);
+                let closing = native.closing();
+                let limits = settings.http1_limits();
+                let served = native.serve(&shared, &info, &limits);
+                let ended = watch
+                    .run(std::pin::pin!(served), |_| {
+                        closing.store(true, Ordering::Relaxed)
+                    })
+                    .await;
+                match ended {
+                    Ok(http1::Ended::Closed) => None,
+                    Ok(http1::Ended::Cut(cut)) | Err(cut) => Some(cut),
+                    Ok(http1::Ended::Http2(io, read)) => {
+                        let io = io::Prefixed::new(io, read);
+                        watch.hyper(&rt, io, &shared, &info).await
                     }
-                    _ => None,
-                },
-                _ = stop.wait_for(|s| *s), if shutdown_at.is_none() => {
-                    conn.as_mut().graceful_shutdown();
-                    shutdown_at = Some(Instant::now());
                 }
-                _ = state.abusive.notified() => break Some(Cut::RapidReset),
-                _ = sleep_until(next) => match state.check(&t) {
-                    Watch::Later(at) => next = state.epoch + Duration::from_millis(at),
-                    Watch::HeaderTimeout => break Some(Cut::HeaderReadTimeout),
-                    Watch::SendTimeout => break Some(Cut::SendTimeout),
-                    Watch::Idle => {
-                        let send = Duration::from_millis(t.send);
-                        match shutdown_at {
-                            None => {
-                                conn.as_mut().graceful_shutdown();
-                                shutdown_at = Some(Instant::now());
-                                next = Instant::now() + send;
-                            }
-                            // Nothing in flight, yet not closed: the client
-                            // does not take the end of its last response.
-                            Some(at) if at.elapsed() >= send => break Some(Cut::SendTimeout),
-                            Some(at) => next = at + send,
-                        }
-                    }
-                },
             }
         };
         if let Some(cut) = cut {
@@ -636,5 +643,97 @@ impl Connection {
         }
         metrics.open.decrement(1.0);
         drop(drain.tracker);
+    }
+}
+
+/// Watches one connection while it is served: its timeouts, drain, and
+/// HTTP/2 rapid reset.
+struct Watchdog {
+    state: Arc<ConnState>,
+    t: Timeouts,
+    stop: watch::Receiver<bool>,
+    next: Instant,
+    /// When the graceful shutdown began (drain, or idle_timeout).
+    shutdown_at: Option<Instant>,
+}
+
+impl Watchdog {
+    /// Drives `conn` to its end, or until the client misbehaves (the
+    /// [`Cut`]; `conn` is then dropped, which closes the connection).
+    /// `shut_down` asks `conn` to finish what is in flight and close.
+    async fn run<F: std::future::Future>(
+        &mut self,
+        mut conn: std::pin::Pin<&mut F>,
+        mut shut_down: impl FnMut(std::pin::Pin<&mut F>),
+    ) -> Result<F::Output, Cut> {
+        let state = &self.state;
+        loop {
+            tokio::select! {
+                served = conn.as_mut() => return Ok(served),
+                _ = self.stop.wait_for(|s| *s), if self.shutdown_at.is_none() => {
+                    shut_down(conn.as_mut());
+                    self.shutdown_at = Some(Instant::now());
+                }
+                _ = state.abusive.notified() => return Err(Cut::RapidReset),
+                _ = sleep_until(self.next) => match state.check(&self.t) {
+                    Watch::Later(at) => self.next = state.epoch + Duration::from_millis(at),
+                    Watch::HeaderTimeout => return Err(Cut::HeaderReadTimeout),
+                    Watch::SendTimeout => return Err(Cut::SendTimeout),
+                    Watch::Idle => {
+                        let send = Duration::from_millis(self.t.send);
+                        match self.shutdown_at {
+                            None => {
+                                shut_down(conn.as_mut());
+                                self.shutdown_at = Some(Instant::now());
+                                self.next = Instant::now() + send;
+                            }
+                            // Nothing in flight, yet not closed: the client
+                            // does not take the end of its last response.
+                            Some(at) if at.elapsed() >= send => return Err(Cut::SendTimeout),
+                            Some(at) => self.next = at + send,
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Serves the connection with hyper (HTTP/2, or HTTP/1.1 with
+    /// `server.http1: hyper`).
+    async fn hyper<S>(
+        &mut self,
+        rt: &ConnRuntime,
+        io: S,
+        shared: &Arc<Shared>,
+        info: &Arc<ConnInfo>,
+    ) -> Option<Cut>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let shared = shared.clone();
+        let info = info.clone();
+        let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let shared = shared.clone();
+            let info = info.clone();
+            async move {
+                let req = req.map(ClientBody::Hyper);
+                Ok::<_, Infallible>(pipeline::handle(&shared, &info, req).await)
+            }
+        });
+        let conn = rt.builder.serve_connection(TokioIo::new(io), service);
+        let served = self
+            .run(std::pin::pin!(conn), |conn| conn.graceful_shutdown())
+            .await;
+        match served {
+            // hyper answered 400 or 431 itself and closed.
+            Ok(Err(e))
+                if e.downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_parse) =>
+            {
+                Some(Cut::MalformedRequest)
+            }
+            Ok(_) => None,
+            Err(cut) => Some(cut),
+        }
     }
 }

@@ -298,21 +298,24 @@ fn response_framing(
 /// HTTP/1.1 stays open unless `Connection: close`; 1.0 only with
 /// `Connection: keep-alive`.
 fn persistent(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &[u8]| {
-        headers.get_all(CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| trim(t).eq_ignore_ascii_case(token))
-        })
-    };
     if version == Version::HTTP_10 {
-        has(b"keep-alive")
+        has_token(headers, CONNECTION, b"keep-alive")
     } else {
-        !has(b"close")
+        !has_token(headers, CONNECTION, b"close")
     }
 }
 
-fn trim(s: &[u8]) -> &[u8] {
+/// Whether a comma-separated field (`Connection`) lists `token`, in any case.
+pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &[u8]) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| trim(t).eq_ignore_ascii_case(token))
+    })
+}
+
+/// Without the spaces and tabs around it (OWS).
+pub(crate) fn trim(s: &[u8]) -> &[u8] {
     let start = s
         .iter()
         .position(|b| !matches!(b, b' ' | b'\t'))
@@ -325,7 +328,7 @@ fn trim(s: &[u8]) -> &[u8] {
 }
 
 /// Digits only (no sign, no spaces), at most 19 of them: no overflow.
-fn parse_decimal(s: &[u8]) -> Option<u64> {
+pub(crate) fn parse_decimal(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
         return None;
     }
