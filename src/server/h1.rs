@@ -15,10 +15,10 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 
-use crate::upstream::h1::{has_token, parse_decimal, trim};
+use crate::upstream::h1::Signals;
 
 /// Header fields parsed without touching the heap; a head with more is
 /// parsed again with room for `max_headers`.
@@ -99,21 +99,25 @@ pub fn parse_head(
     // Room for the fields the gateway adds on the way upstream (request
     // id, trace context, X-Forwarded-*), so the map is not grown for them.
     let mut headers = HeaderMap::with_capacity(fields.len() + 8);
+    let mut signals = Signals::default();
     for &FieldSpan { name, value } in fields.iter() {
         let name = HeaderName::from_bytes(&bytes[name.0..name.1])
             .map_err(|_| HeadError::Malformed("invalid header field name"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(value.0..value.1))
             .map_err(|_| HeadError::Malformed("invalid header field value"))?;
+        signals.see(&name, value.as_bytes());
         headers.append(name, value);
     }
     let version = spans.version;
-    let (framing, closes) = request_framing(version, &headers)?;
-    let keep_alive = !closes && method != Method::CONNECT && persistent(version, &headers);
-    let expect_continue = version == Version::HTTP_11
-        && framing != BodyFraming::Empty
-        && headers
-            .get(EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (framing, closes) = signals.request_framing(version)?;
+    let persistent = if version == Version::HTTP_10 {
+        signals.keep_alive
+    } else {
+        !signals.close
+    };
+    let keep_alive = !closes && method != Method::CONNECT && persistent;
+    let expect_continue =
+        version == Version::HTTP_11 && framing != BodyFraming::Empty && signals.expect_continue;
     Ok(Some(RequestHead {
         method,
         uri,
@@ -189,64 +193,34 @@ fn parse_error(e: httparse::Error) -> &'static str {
     }
 }
 
-/// RFC 9112 §6.3, for a request: what delimits its body, and whether the
-/// connection must close after it.
-///
-/// - `Transfer-Encoding` must end in `chunked` (and name nothing else the
-///   gateway would have to decode), and is refused in HTTP/1.0, which has
-///   no transfer codings.
-/// - With both `Transfer-Encoding` and `Content-Length`, chunked wins and
-///   the connection closes after the response (§6.1), so bytes the other
-///   reading would take as a body are never read as a request.
-/// - `Content-Length` values must be digits and all equal.
-fn request_framing(
-    version: Version,
-    headers: &HeaderMap,
-) -> Result<(BodyFraming, bool), HeadError> {
-    let mut te = headers.get_all(TRANSFER_ENCODING).iter().peekable();
-    if te.peek().is_some() {
-        if version == Version::HTTP_10 {
-            return Err(HeadError::Malformed(
-                "Transfer-Encoding in an HTTP/1.0 request",
-            ));
-        }
-        let mut codings = te
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(trim)
-            .filter(|c| !c.is_empty());
-        let only_chunked = codings
-            .next()
-            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
-            && codings.next().is_none();
-        if !only_chunked {
-            return Err(HeadError::Malformed("Transfer-Encoding other than chunked"));
-        }
-        return Ok((BodyFraming::Chunked, headers.contains_key(CONTENT_LENGTH)));
-    }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n =
-                parse_decimal(trim(part)).ok_or(HeadError::Malformed("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(HeadError::Malformed("Content-Length values differ"));
+impl Signals {
+    /// RFC 9112 §6.3, for a request: what delimits its body, and whether
+    /// the connection must close after it.
+    ///
+    /// - `Transfer-Encoding` must be `chunked` alone (the gateway decodes
+    ///   nothing else), and is refused in HTTP/1.0, which has no transfer
+    ///   codings.
+    /// - With both `Transfer-Encoding` and `Content-Length`, chunked wins
+    ///   and the connection closes after the response (§6.1), so bytes the
+    ///   other reading would take as a body are never read as a request.
+    /// - `Content-Length` values must be digits and all equal.
+    fn request_framing(&self, version: Version) -> Result<(BodyFraming, bool), HeadError> {
+        if self.codings > 0 {
+            if version == Version::HTTP_10 {
+                return Err(HeadError::Malformed(
+                    "Transfer-Encoding in an HTTP/1.0 request",
+                ));
             }
-            length = Some(n);
+            if self.codings != 1 || self.other_coding {
+                return Err(HeadError::Malformed("Transfer-Encoding other than chunked"));
+            }
+            return Ok((BodyFraming::Chunked, self.length.is_some()));
         }
-    }
-    Ok(match length {
-        None | Some(0) => (BodyFraming::Empty, false),
-        Some(n) => (BodyFraming::Length(n), false),
-    })
-}
-
-/// HTTP/1.1 stays open unless `Connection: close`; 1.0 only with
-/// `Connection: keep-alive`.
-fn persistent(version: Version, headers: &HeaderMap) -> bool {
-    if version == Version::HTTP_10 {
-        has_token(headers, CONNECTION, b"keep-alive")
-    } else {
-        !has_token(headers, CONNECTION, b"close")
+        Ok(match self.length {
+            None | Some(Ok(0)) => (BodyFraming::Empty, false),
+            Some(Ok(n)) => (BodyFraming::Length(n), false),
+            Some(Err(e)) => return Err(HeadError::Malformed(e)),
+        })
     }
 }
 
@@ -309,7 +283,9 @@ pub fn encode_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let keep_lengths = framing == ResponseFraming::NoBody && status != StatusCode::NO_CONTENT;
+    let mut has_date = false;
     for (name, value) in headers {
+        has_date |= *name == DATE;
         let framing_field = *name == CONTENT_LENGTH || *name == TRANSFER_ENCODING;
         if (framing_field && !keep_lengths) || *name == CONNECTION {
             continue;
@@ -333,7 +309,7 @@ pub fn encode_head(
         out.extend_from_slice(c);
         out.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(DATE) {
+    if !has_date {
         out.extend_from_slice(b"date: ");
         with_date(|d| out.extend_from_slice(d));
         out.extend_from_slice(b"\r\n");
@@ -469,6 +445,9 @@ mod tests {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: \r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: ,\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
             b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",

@@ -21,7 +21,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
 use super::pool::MAX_UPSTREAM_HEAD_BYTES;
@@ -175,16 +175,25 @@ pub fn parse_head(
         if status.is_informational() {
             continue;
         }
-        let mut headers = HeaderMap::with_capacity(spans.len());
+        // Room for the fields the gateway adds on the way to the client
+        // (request id, upstream name, RateLimit), so the map is not grown.
+        let mut headers = HeaderMap::with_capacity(spans.len() + 4);
+        let mut signals = Signals::default();
         for span in spans.iter() {
             let name = HeaderName::from_bytes(&bytes[span.name.0..span.name.1])
                 .map_err(|_| ProtoError::Header)?;
             let value = HeaderValue::from_maybe_shared(bytes.slice(span.value.0..span.value.1))
                 .map_err(|_| ProtoError::Header)?;
+            signals.see(&name, value.as_bytes());
             headers.append(name, value);
         }
-        let framing = response_framing(status, version, request_method, &headers)?;
-        let keep_alive = framing != ResponseFraming::UntilClose && persistent(version, &headers);
+        let framing = signals.response_framing(status, version, request_method)?;
+        let persistent = if version == Version::HTTP_10 {
+            signals.keep_alive
+        } else {
+            !signals.close
+        };
+        let keep_alive = framing != ResponseFraming::UntilClose && persistent;
         return Ok(Some(Head {
             status,
             version,
@@ -240,71 +249,6 @@ fn parse_spans(
     Ok(Some((len, status, version)))
 }
 
-/// RFC 9112 §6.3, for a response: what delimits its body.
-fn response_framing(
-    status: StatusCode,
-    version: Version,
-    request_method: &Method,
-    headers: &HeaderMap,
-) -> Result<ResponseFraming, ProtoError> {
-    if request_method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(ResponseFraming::Empty);
-    }
-    let te = headers.get_all(TRANSFER_ENCODING);
-    if te.iter().next().is_some() {
-        // Both: a smuggling attempt or a broken upstream (RFC 9112 §6.3
-        // allows TE to win; a gateway should not relay it).
-        if headers.contains_key(CONTENT_LENGTH) {
-            return Err(ProtoError::BothLengths);
-        }
-        // 1.0 has no transfer codings: an old intermediary would read the
-        // chunk framing as the body (hyper refuses it too).
-        if version == Version::HTTP_10 {
-            return Err(ProtoError::TransferEncodingInHttp10);
-        }
-        let last = te
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(trim)
-            .rfind(|c| !c.is_empty());
-        return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case(b"chunked") => ResponseFraming::Chunked,
-            // Another final coding: the body runs until the close.
-            _ => ResponseFraming::UntilClose,
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        // `Content-Length: 5, 5` and repeated equal fields are one length;
-        // anything else is refused.
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_decimal(trim(part)).ok_or(ProtoError::ContentLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ProtoError::ContentLength);
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(0) => ResponseFraming::Empty,
-        Some(n) => ResponseFraming::Length(n),
-        None => ResponseFraming::UntilClose,
-    })
-}
-
-/// HTTP/1.1 stays open unless `Connection: close`; 1.0 only with
-/// `Connection: keep-alive`.
-fn persistent(version: Version, headers: &HeaderMap) -> bool {
-    if version == Version::HTTP_10 {
-        has_token(headers, CONNECTION, b"keep-alive")
-    } else {
-        !has_token(headers, CONNECTION, b"close")
-    }
-}
-
 /// Whether a comma-separated field (`Connection`) lists `token`, in any case.
 pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &[u8]) -> bool {
     headers.get_all(name).iter().any(|v| {
@@ -325,6 +269,102 @@ pub(crate) fn trim(s: &[u8]) -> &[u8] {
         .rposition(|b| !matches!(b, b' ' | b'\t'))
         .map_or(start, |i| i + 1);
     &s[start..end]
+}
+
+/// What a head's framing and connection fields say, gathered as its
+/// fields are read (looking them up afterwards costs a hash per name).
+#[derive(Default)]
+pub(crate) struct Signals {
+    /// `Transfer-Encoding` codings seen, and whether all were `chunked`.
+    pub codings: usize,
+    pub other_coding: bool,
+    /// The last coding is `chunked`.
+    pub last_chunked: bool,
+    /// The `Content-Length`, or why it is invalid.
+    pub length: Option<Result<u64, &'static str>>,
+    /// `Connection` tokens.
+    pub close: bool,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+}
+
+impl Signals {
+    /// RFC 9112 §6.3, for a response: what delimits its body.
+    fn response_framing(
+        &self,
+        status: StatusCode,
+        version: Version,
+        request_method: &Method,
+    ) -> Result<ResponseFraming, ProtoError> {
+        if request_method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(ResponseFraming::Empty);
+        }
+        if self.codings > 0 {
+            // Both: a smuggling attempt or a broken upstream (RFC 9112 §6.3
+            // allows TE to win; a gateway should not relay it).
+            if self.length.is_some() {
+                return Err(ProtoError::BothLengths);
+            }
+            // 1.0 has no transfer codings: an old intermediary would read
+            // the chunk framing as the body (hyper refuses it too).
+            if version == Version::HTTP_10 {
+                return Err(ProtoError::TransferEncodingInHttp10);
+            }
+            // Another final coding: the body runs until the close.
+            return Ok(if self.last_chunked {
+                ResponseFraming::Chunked
+            } else {
+                ResponseFraming::UntilClose
+            });
+        }
+        // `Content-Length: 5, 5` and repeated equal fields are one length;
+        // anything else is refused.
+        Ok(match self.length {
+            None => ResponseFraming::UntilClose,
+            Some(Ok(0)) => ResponseFraming::Empty,
+            Some(Ok(n)) => ResponseFraming::Length(n),
+            Some(Err(_)) => return Err(ProtoError::ContentLength),
+        })
+    }
+
+    /// Notes what the field `name: value` says about framing and the
+    /// connection.
+    pub fn see(&mut self, name: &HeaderName, value: &[u8]) {
+        let list = || value.split(|&b| b == b',').map(trim);
+        if *name == TRANSFER_ENCODING {
+            let before = self.codings;
+            for coding in list().filter(|c| !c.is_empty()) {
+                self.codings += 1;
+                self.last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                self.other_coding |= !self.last_chunked;
+            }
+            if self.codings == before {
+                // An empty field names no coding the gateway knows.
+                self.codings += 1;
+                self.other_coding = true;
+                self.last_chunked = false;
+            }
+        } else if *name == CONTENT_LENGTH {
+            for part in list() {
+                let n = parse_decimal(part).ok_or("invalid Content-Length");
+                self.length = Some(match (self.length, n) {
+                    (Some(Err(e)), _) | (_, Err(e)) => Err(e),
+                    (Some(Ok(l)), Ok(n)) if l != n => Err("Content-Length values differ"),
+                    (_, Ok(n)) => Ok(n),
+                });
+            }
+        } else if *name == CONNECTION {
+            for token in list() {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if *name == EXPECT {
+            self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+        }
+    }
 }
 
 /// Digits only (no sign, no spaces), at most 19 of them: no overflow.
