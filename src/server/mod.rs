@@ -614,8 +614,7 @@ impl Connection {
                     Ok(http1::Ended::Closed) => None,
                     Ok(http1::Ended::Cut(cut)) | Err(cut) => Some(cut),
                     Ok(http1::Ended::Http2(io, read)) => {
-                        let io = io::Prefixed::new(io, read);
-                        watch.hyper(&rt, io, &shared, &info).await
+                        watch.hyper(&rt, io.unread(read), &shared, &info).await
                     }
                 }
             }
