@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 
-use crate::upstream::h1::Signals;
+use crate::upstream::h1::{trim, Signals};
 
 /// Header fields parsed without touching the heap; a head with more is
 /// parsed again with room for `max_headers`.
@@ -267,15 +267,18 @@ impl ResponseFraming {
 /// `Transfer-Encoding` come from `framing`, not from `headers`, so what
 /// follows always matches what the head announces (except for
 /// [`ResponseFraming::NoBody`], whose fields are kept). `Connection` is
-/// written from `connection` (the gateway's decision); `Date` is added when
-/// missing.
+/// the gateway's: `close` unless `keep_alive` and the response did not say
+/// `close` itself (the pipeline does while draining), `keep-alive` for an
+/// HTTP/1.0 client kept alive. Returns whether the connection stays open.
+/// `Date` is added when missing.
 pub fn encode_head(
     status: StatusCode,
     headers: &HeaderMap,
     framing: ResponseFraming,
-    connection: Option<&'static [u8]>,
+    keep_alive: bool,
+    version: Version,
     out: &mut BytesMut,
-) {
+) -> bool {
     out.reserve(128 + headers.len() * 48);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -284,10 +287,18 @@ pub fn encode_head(
     out.extend_from_slice(b"\r\n");
     let keep_lengths = framing == ResponseFraming::NoBody && status != StatusCode::NO_CONTENT;
     let mut has_date = false;
+    let mut close = false;
     for (name, value) in headers {
         has_date |= *name == DATE;
+        if *name == CONNECTION {
+            close |= value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| trim(t).eq_ignore_ascii_case(b"close"));
+            continue;
+        }
         let framing_field = *name == CONTENT_LENGTH || *name == TRANSFER_ENCODING;
-        if (framing_field && !keep_lengths) || *name == CONNECTION {
+        if framing_field && !keep_lengths {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -304,10 +315,11 @@ pub fn encode_head(
         ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         ResponseFraming::NoBody | ResponseFraming::UntilClose => {}
     }
-    if let Some(c) = connection {
-        out.extend_from_slice(b"connection: ");
-        out.extend_from_slice(c);
-        out.extend_from_slice(b"\r\n");
+    let keep = keep_alive && !close;
+    match (keep, version) {
+        (false, _) => out.extend_from_slice(b"connection: close\r\n"),
+        (true, Version::HTTP_10) => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        (true, _) => {}
     }
     if !has_date {
         out.extend_from_slice(b"date: ");
@@ -315,6 +327,7 @@ pub fn encode_head(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    keep
 }
 
 thread_local! {
@@ -554,7 +567,8 @@ mod tests {
         status: u16,
         headers: &[(&str, &str)],
         framing: ResponseFraming,
-        conn: Option<&'static [u8]>,
+        keep: bool,
+        version: Version,
     ) -> String {
         let mut map = HeaderMap::new();
         for (n, v) in headers {
@@ -564,14 +578,17 @@ mod tests {
             );
         }
         let mut out = BytesMut::new();
-        encode_head(
+        let kept = encode_head(
             StatusCode::from_u16(status).unwrap(),
             &map,
             framing,
-            conn,
+            keep,
+            version,
             &mut out,
         );
-        String::from_utf8(out.to_vec()).unwrap()
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert_eq!(kept, !text.contains("connection: close"), "{text}");
+        text
     }
 
     #[test]
@@ -587,13 +604,20 @@ mod tests {
                 date,
             ],
             ResponseFraming::Length(5),
-            None,
+            true,
+            Version::HTTP_11,
         );
         assert_eq!(
             h,
             "HTTP/1.1 200 OK\r\nx-a: 1\r\ndate: Tue, 24 Nov 2026 00:00:00 GMT\r\ncontent-length: 5\r\n\r\n"
         );
-        let h = encoded(404, &[date], ResponseFraming::Chunked, Some(b"close"));
+        let h = encoded(
+            404,
+            &[date],
+            ResponseFraming::Chunked,
+            false,
+            Version::HTTP_11,
+        );
         assert_eq!(
             h,
             "HTTP/1.1 404 Not Found\r\ndate: Tue, 24 Nov 2026 00:00:00 GMT\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
@@ -603,23 +627,34 @@ mod tests {
             200,
             &[("content-length", "7"), date],
             ResponseFraming::NoBody,
-            None,
+            true,
+            Version::HTTP_11,
         );
         assert!(h.contains("content-length: 7\r\n"), "{h}");
         let h = encoded(
             204,
             &[("content-length", "0"), date],
             ResponseFraming::NoBody,
-            None,
+            true,
+            Version::HTTP_11,
         );
         assert!(!h.contains("content-length"), "{h}");
         // A Date is added when the response has none.
-        let h = encoded(599, &[], ResponseFraming::Length(0), Some(b"keep-alive"));
+        let h = encoded(599, &[], ResponseFraming::Length(0), true, Version::HTTP_10);
         assert!(
             h.starts_with("HTTP/1.1 599 \r\ncontent-length: 0\r\nconnection: keep-alive\r\ndate: "),
             "{h}"
         );
         assert!(h.ends_with(" GMT\r\n\r\n"), "{h}");
+        // The response's own `close` (the pipeline's, while draining) wins.
+        let h = encoded(
+            200,
+            &[("connection", "Keep-Alive, Close"), date],
+            ResponseFraming::Length(0),
+            true,
+            Version::HTTP_11,
+        );
+        assert!(h.ends_with("connection: close\r\n\r\n"), "{h}");
     }
 
     #[test]

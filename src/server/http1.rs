@@ -32,7 +32,6 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::CONNECTION;
 use http::{HeaderMap, Method, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -43,7 +42,7 @@ use crate::body::{ClientBody, ResponseBody};
 use crate::error::Reject;
 use crate::sync::lock;
 use crate::upstream::h1::{
-    encode_chunk_size, encode_last_chunk, has_token, ChunkedDecoder, Decoded, ProtoError,
+    encode_chunk_size, encode_last_chunk, ChunkedDecoder, Decoded, ProtoError,
 };
 use crate::{pipeline, proxy, Shared};
 
@@ -622,26 +621,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Line<S> {
         let (parts, mut body) = resp.into_parts();
         let framing =
             ResponseFraming::choose(method, parts.status, body.size_hint().exact(), version);
-        let keep = keep_alive
+        let keep_alive = keep_alive
             && framing != ResponseFraming::UntilClose
-            && !has_token(&parts.headers, CONNECTION, b"close")
             && !self.closing.load(Ordering::Relaxed);
-        let connection: Option<&'static [u8]> = match (keep, version) {
-            (false, _) => Some(b"close"),
-            (true, Version::HTTP_10) => Some(b"keep-alive"),
-            (true, _) => None,
-        };
-        {
+        let keep = {
             let mut wire = lock(&self.wire);
             wire.write.clear();
             h1::encode_head(
                 parts.status,
                 &parts.headers,
                 framing,
-                connection,
+                keep_alive,
+                version,
                 &mut wire.write,
-            );
-        }
+            )
+        };
+
         drop(parts);
         if framing == ResponseFraming::NoBody {
             drop(body);

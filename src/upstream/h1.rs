@@ -249,15 +249,6 @@ fn parse_spans(
     Ok(Some((len, status, version)))
 }
 
-/// Whether a comma-separated field (`Connection`) lists `token`, in any case.
-pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &[u8]) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| trim(t).eq_ignore_ascii_case(token))
-    })
-}
-
 /// Without the spaces and tabs around it (OWS).
 pub(crate) fn trim(s: &[u8]) -> &[u8] {
     let start = s
