@@ -280,6 +280,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// client takes it. So the head goes out with the first body bytes, a
     /// short body ends in the same write, and a body is only left waiting
     /// (`send_timeout` counts) while the client does not read.
+    ///
+    /// Called with the wire locked while it polls the response body. That
+    /// body never reads this connection: the upstream client writes the
+    /// request body whole before it reads the answer, and a body the
+    /// pipeline did not finish is only dropped, not read, before this.
     fn poll_send_body(
         &mut self,
         body: &mut ResponseBody,
