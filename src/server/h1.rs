@@ -110,12 +110,7 @@ pub fn parse_head(
     }
     let version = spans.version;
     let (framing, closes) = signals.request_framing(version)?;
-    let persistent = if version == Version::HTTP_10 {
-        signals.keep_alive
-    } else {
-        !signals.close
-    };
-    let keep_alive = !closes && method != Method::CONNECT && persistent;
+    let keep_alive = !closes && method != Method::CONNECT && signals.persistent(version);
     let expect_continue =
         version == Version::HTTP_11 && framing != BodyFraming::Empty && signals.expect_continue;
     Ok(Some(RequestHead {

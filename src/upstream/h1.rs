@@ -188,12 +188,7 @@ pub fn parse_head(
             headers.append(name, value);
         }
         let framing = signals.response_framing(status, version, request_method)?;
-        let persistent = if version == Version::HTTP_10 {
-            signals.keep_alive
-        } else {
-            !signals.close
-        };
-        let keep_alive = framing != ResponseFraming::UntilClose && persistent;
+        let keep_alive = framing != ResponseFraming::UntilClose && signals.persistent(version);
         return Ok(Some(Head {
             status,
             version,
@@ -266,16 +261,16 @@ pub(crate) fn trim(s: &[u8]) -> &[u8] {
 /// fields are read (looking them up afterwards costs a hash per name).
 #[derive(Default)]
 pub(crate) struct Signals {
-    /// `Transfer-Encoding` codings seen, and whether all were `chunked`.
+    /// `Transfer-Encoding` codings seen, and whether one was not `chunked`.
     pub codings: usize,
     pub other_coding: bool,
     /// The last coding is `chunked`.
     pub last_chunked: bool,
     /// The `Content-Length`, or why it is invalid.
     pub length: Option<Result<u64, &'static str>>,
-    /// `Connection` tokens.
-    pub close: bool,
-    pub keep_alive: bool,
+    /// `Connection` tokens (see [`Self::persistent`]).
+    close: bool,
+    keep_alive: bool,
     pub expect_continue: bool,
 }
 
@@ -319,6 +314,16 @@ impl Signals {
             Some(Ok(n)) => ResponseFraming::Length(n),
             Some(Err(_)) => return Err(ProtoError::ContentLength),
         })
+    }
+
+    /// HTTP/1.1 stays open unless `Connection: close`; 1.0 only with
+    /// `Connection: keep-alive`.
+    pub fn persistent(&self, version: Version) -> bool {
+        if version == Version::HTTP_10 {
+            self.keep_alive
+        } else {
+            !self.close
+        }
     }
 
     /// Notes what the field `name: value` says about framing and the
