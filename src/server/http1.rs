@@ -71,8 +71,8 @@ struct Wire<S> {
     /// Which request's body `body` is: a body handle that outlived its
     /// request reads nothing.
     seq: u64,
-    /// `100 Continue` bytes still owed before the body's first read.
-    continue_owed: Option<usize>,
+    /// A `100 Continue` is owed before the body's first read.
+    continue_owed: bool,
     /// Scratch space for parsing heads.
     fields: Vec<h1::FieldSpan>,
 }
@@ -245,22 +245,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
     }
 
-    /// Sends the `100 Continue` the client waits for, if it is owed.
+    /// Sends the `100 Continue` the client waits for, if it is owed, through
+    /// the write buffer (idle until the response): a response that comes
+    /// while it is half written goes out after it, not into it.
     fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-        while let Some(sent) = self.continue_owed {
-            if sent == CONTINUE.len() {
-                ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-                self.continue_owed = None;
-                break;
-            }
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &CONTINUE[sent..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.continue_owed = Some(sent + n);
+        if self.continue_owed {
+            self.continue_owed = false;
+            self.write
+                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
-        Poll::Ready(Ok(()))
+        if self.write.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_write_out(cx)
     }
 
     /// Writes all of the write buffer, then flushes.
@@ -404,7 +401,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Native<S> {
                     write: BytesMut::new(),
                     body: BodyRead::Done,
                     seq: 0,
-                    continue_owed: None,
+                    continue_owed: false,
                     fields: Vec::new(),
                 }),
                 closing: Arc::new(AtomicBool::new(false)),
@@ -563,7 +560,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Line<S> {
             framing => {
                 let mut wire = lock(&self.wire);
                 wire.seq = seq;
-                wire.continue_owed = head.expect_continue.then_some(0);
+                wire.continue_owed = head.expect_continue;
                 let left = match framing {
                     BodyFraming::Length(n) => {
                         wire.body = BodyRead::Length(n);
@@ -592,7 +589,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Line<S> {
     /// The body was never asked for, so its `100 Continue` never went out.
     fn continue_unsent(&self) -> bool {
         let wire = lock(&self.wire);
-        !matches!(wire.body, BodyRead::Done) && wire.continue_owed == Some(0)
+        !matches!(wire.body, BodyRead::Done) && wire.continue_owed
     }
 
     /// While a request is handled: has its client closed the connection?
@@ -630,8 +627,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Line<S> {
             && framing != ResponseFraming::UntilClose
             && !self.closing.load(Ordering::Relaxed);
         let keep = {
+            // Empty, or the end of a `100 Continue`, which goes first.
             let mut wire = lock(&self.wire);
-            wire.write.clear();
             h1::encode_head(
                 parts.status,
                 &parts.headers,
@@ -680,7 +677,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Line<S> {
                 BodyRead::Broken => return false,
                 _ => {}
             }
-            if wire.continue_owed == Some(0) {
+            if wire.continue_owed {
                 // The client waits for a `100 Continue` that will not come
                 // and sends no body: close rather than read one.
                 return false;
