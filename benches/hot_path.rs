@@ -199,10 +199,11 @@ fn bench_header_hygiene(c: &mut Criterion) {
     let host = HeaderValue::from_static("api.example.com");
     let peer = proxy::ip_header(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 23)));
 
-    group.bench_function("to_upstream", |b| {
+    let id = HeaderValue::from_static("0d4e5f6a7b8c9d0e1f2a3b4c5d6e7f80");
+    group.bench_function("forwarded_new", |b| {
         b.iter_batched_ref(
             || template.clone(),
-            |h| proxy::to_upstream(h, black_box(&peer), Some(&host), "http"),
+            |h| proxy::Forwarded::new(h, id.clone(), black_box(&peer), Some(&host), "http"),
             BatchSize::NumIterations(64),
         )
     });
@@ -233,24 +234,32 @@ fn bench_header_hygiene(c: &mut Criterion) {
         b.iter(|| proxy::request_id(black_box(&with_id)))
     });
 
-    group.bench_function("ensure_traceparent/new", |b| {
-        b.iter_batched_ref(
-            || template.clone(),
-            proxy::ensure_traceparent,
-            BatchSize::NumIterations(64),
-        )
-    });
+    // A client that sent a valid `traceparent`: kept, no new trace drawn.
     let mut with_trace = template.clone();
     with_trace.insert(
         "traceparent",
         HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
     );
-    group.bench_function("ensure_traceparent/valid_kept", |b| {
+    group.bench_function("forwarded_new/client_trace", |b| {
         b.iter_batched_ref(
             || with_trace.clone(),
-            proxy::ensure_traceparent,
+            |h| proxy::Forwarded::new(h, id.clone(), black_box(&peer), Some(&host), "http"),
             BatchSize::NumIterations(64),
         )
+    });
+    let forwarded = proxy::Forwarded::new(
+        &mut template.clone(),
+        id.clone(),
+        &peer,
+        Some(&host),
+        "http",
+    );
+    group.bench_function("forwarded_write", |b| {
+        let mut out = bytes::BytesMut::with_capacity(512);
+        b.iter(|| {
+            out.clear();
+            black_box(&forwarded).write(&mut out);
+        })
     });
 
     // All of the inbound steps one request takes, in pipeline order.
@@ -259,9 +268,7 @@ fn bench_header_hygiene(c: &mut Criterion) {
             || template.clone(),
             |h| {
                 let id = proxy::request_id(h);
-                proxy::ensure_traceparent(h);
-                proxy::to_upstream(h, black_box(&peer), Some(&host), "http");
-                id
+                proxy::Forwarded::new(h, id, black_box(&peer), Some(&host), "http")
             },
             BatchSize::NumIterations(64),
         )

@@ -29,6 +29,7 @@ use crate::config::LimitMode;
 use crate::error::Reject;
 use crate::limits::rate::{RATELIMIT, RATELIMIT_POLICY};
 use crate::limits::shed::{ShedReason, Shedder, Slot};
+use crate::proxy::Forwarded;
 use crate::routing::version::{RequestVersion, VersionSegment};
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
@@ -38,7 +39,7 @@ use crate::upstream::retry::X_PORTCULLIS_ATTEMPTS;
 /// Which upstream answered (`server.upstream_header`).
 static X_PORTCULLIS_UPSTREAM: http::HeaderName =
     http::HeaderName::from_static("x-portcullis-upstream");
-use crate::upstream::{attempts, balance, Balance, Upstream, UpstreamBody};
+use crate::upstream::{attempts, balance, Balance, Outgoing, Upstream, UpstreamBody};
 use crate::{limits, proxy, routing, target, Shared};
 
 /// Serves one request. Every response carries `x-request-id`.
@@ -52,10 +53,9 @@ pub async fn handle(
     // The client's hop-by-hop headers go before the gateway sets any of its
     // own, so naming one of ours in `Connection` cannot remove it.
     proxy::remove_hop_by_hop(req.headers_mut());
+    // The upstream sees the same id the client and the access log see
+    // (`proxy::Forwarded`, at the rewrite).
     let request_id = proxy::request_id(req.headers());
-    // The upstream sees the same id the client and the access log see.
-    req.headers_mut()
-        .insert(proxy::X_REQUEST_ID.clone(), request_id.clone());
     // Boxed from the start: it ends up in the response body, which hyper
     // moves several times.
     let mut exchange = Box::new(Exchange {
@@ -162,7 +162,7 @@ async fn run(
     exchange.upstream = Some(upstream.name.clone());
 
     // 4. rewrite
-    let req = rewrite(snap, req, &route, version_segment, conn)?;
+    let (req, forwarded) = rewrite(snap, req, &route, version_segment, conn, exchange)?;
 
     // 5. forward
     let timeout = route.timeout.unwrap_or(upstream.request_timeout);
@@ -171,7 +171,11 @@ async fn run(
         .as_ref()
         .filter(|p| p.adaptive)
         .map(|p| (load.shedder, p));
-    let resp = forward(&upstream, key, req, timeout, adaptive, exchange).await;
+    let out = Outgoing {
+        req,
+        forwarded: Some(&forwarded),
+    };
+    let resp = forward(&upstream, key, out, timeout, adaptive, exchange).await;
     if let Some(guard) = &route.guard {
         let status = match &resp {
             Ok(r) => r.status(),
@@ -362,13 +366,13 @@ fn shed(
 async fn forward(
     upstream: &Upstream,
     key: Option<u64>,
-    req: Request<RequestBody>,
+    out: Outgoing<'_>,
     timeout: Duration,
     adaptive: attempts::Adaptive<'_>,
     exchange: &mut Exchange,
 ) -> Result<Response<UpstreamBody>, Reject> {
     let Some((policy, breaker)) = &upstream.breaker else {
-        return attempts::try_until_final(upstream, key, req, timeout, adaptive, exchange)
+        return attempts::try_until_final(upstream, key, out, timeout, adaptive, exchange)
             .await
             .0;
     };
@@ -376,7 +380,7 @@ async fn forward(
         .admit(policy)
         .map_err(|wait| attempts::unavailable(upstream, "circuit open", wait))?;
     let (result, outcome) =
-        attempts::try_until_final(upstream, key, req, timeout, adaptive, exchange).await;
+        attempts::try_until_final(upstream, key, out, timeout, adaptive, exchange).await;
     match outcome {
         Some(o) => breaker.record(ticket, o, policy),
         // The client's fault or nothing tried: a probe slot is given back.
@@ -386,14 +390,16 @@ async fn forward(
 }
 
 /// Applies the route's path rewrite and the header hygiene, and wraps the
-/// body in its size limit and read timeout.
+/// body in its size limit and read timeout. The gateway's own fields for
+/// the upstream come back beside the request.
 fn rewrite(
     snap: &Snapshot,
     req: Request<ClientBody>,
     route: &Arc<Route>,
     version_segment: Option<VersionSegment>,
     conn: &ConnInfo,
-) -> Result<Request<RequestBody>, Reject> {
+    exchange: &Exchange,
+) -> Result<(Request<RequestBody>, Forwarded), Reject> {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path();
     let upstream_path = routing::version::upstream_path(
@@ -424,14 +430,17 @@ fn rewrite(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     // Only forwarded requests need trace context: a refusal skips it.
-    proxy::ensure_traceparent(&mut parts.headers);
-    proxy::to_upstream(&mut parts.headers, &conn.peer_ip, host.as_ref(), conn.proto);
-    Ok(Request::from_parts(
-        parts,
-        RequestBody::new(
-            body,
-            snap.limits.max_body_bytes,
-            snap.server.body_read_timeout.0,
-        ),
-    ))
+    let forwarded = Forwarded::new(
+        &mut parts.headers,
+        exchange.request_id.clone(),
+        &conn.peer_ip,
+        host.as_ref(),
+        conn.proto,
+    );
+    let body = RequestBody::new(
+        body,
+        snap.limits.max_body_bytes,
+        snap.server.body_read_timeout.0,
+    );
+    Ok((Request::from_parts(parts, body), forwarded))
 }

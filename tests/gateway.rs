@@ -473,6 +473,9 @@ async fn header_hygiene_both_ways() {
         .header("proxy-authorization", "secret")
         .header("x-forwarded-for", "203.0.113.7")
         .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "forged.example")
+        .header("x-request-id", "not a sane id")
+        .header("traceparent", "00-not-a-trace")
         .header("host", "api.example.com")
         .body(empty())
         .unwrap();
@@ -495,7 +498,18 @@ async fn header_hygiene_both_ways() {
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["x-forwarded-host"], "api.example.com");
     assert_eq!(seen["host"], "api.example.com");
-    assert!(seen.contains_key("traceparent"));
+    assert_eq!(seen["x-request-id"], a.headers["x-request-id"]);
+    assert_ne!(seen["traceparent"], "00-not-a-trace");
+    // The gateway's fields replace the client's copies: one line each.
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+        "traceparent",
+    ] {
+        assert_eq!(seen.get_all(name).iter().count(), 1, "{name}: {seen:?}");
+    }
     // Towards the client.
     assert!(
         !a.headers.contains_key("x-upstream-private"),

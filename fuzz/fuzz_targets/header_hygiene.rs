@@ -1,10 +1,11 @@
 //! Header hygiene (src/proxy.rs): fuzzed header lists through
-//! `remove_hop_by_hop`, `to_upstream`, `set_client_cert_subject`,
-//! `request_id`, `ensure_traceparent`, `valid_traceparent` and `client_ip`
-//! (with `config::Cidr` trusted-proxy lists), asserting what their doc
-//! comments promise; then the same calls in the order `src/pipeline.rs`
-//! makes them, asserting that the headers the gateway sets itself reach the
-//! upstream.
+//! `remove_hop_by_hop`, `set_client_cert_subject`, `request_id`,
+//! `valid_traceparent` and `client_ip` (with `config::Cidr` trusted-proxy
+//! lists), asserting what their doc comments promise; then the same calls
+//! in the order `src/pipeline.rs` makes them, ending with `Forwarded::new`,
+//! and the upstream head `upstream::h1::encode_head` writes is read back:
+//! the headers the gateway sets itself reach the upstream, once, and no
+//! client copy of them does.
 //!
 //! Input: lines (`\n`):
 //!   0 TCP peer address (bad: 10.0.0.1), 1 `https` or anything (http),
@@ -18,10 +19,12 @@ use std::net::IpAddr;
 use std::sync::OnceLock;
 
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
-use http::HeaderMap;
+use bytes::BytesMut;
+use http::{HeaderMap, Method};
 use libfuzzer_sys::fuzz_target;
 use portcullis::config::Cidr;
 use portcullis::proxy;
+use portcullis::upstream::h1::{self, RequestFraming};
 
 /// RFC 9110 §7.6.1 plus the legacy ones `proxy.rs` lists.
 const HOP_BY_HOP: [&str; 9] = [
@@ -63,12 +66,16 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// What `to_upstream` sets itself after removing hop-by-hop headers.
-const SET_BY_TO_UPSTREAM: [&str; 4] = [
+/// What the gateway sets itself after removing hop-by-hop headers: a
+/// client naming one in `Connection` does not keep it from the upstream.
+const SET_BY_GATEWAY: [&str; 7] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
     "host",
+    "x-request-id",
+    "traceparent",
+    "x-client-cert-subject",
 ];
 
 fn assert_no_hop_by_hop(after: &HeaderMap, named: &[HeaderName], what: &str) {
@@ -79,7 +86,7 @@ fn assert_no_hop_by_hop(after: &HeaderMap, named: &[HeaderName], what: &str) {
         );
     }
     for n in named {
-        if what == "to_upstream" && SET_BY_TO_UPSTREAM.contains(&n.as_str()) {
+        if what == "upstream head" && SET_BY_GATEWAY.contains(&n.as_str()) {
             continue;
         }
         assert!(
@@ -152,6 +159,37 @@ fn traceparent_reference(v: &[u8]) -> bool {
         && parent.iter().any(|c| *c != b'0')
         && flags.len() == 2
         && hex(flags)
+}
+
+/// The header fields of the head `encode_head` writes for `headers` and
+/// `forwarded`, as an upstream parses them.
+fn upstream_sees(headers: &HeaderMap, forwarded: &proxy::Forwarded) -> HeaderMap {
+    let mut out = BytesMut::new();
+    h1::encode_head(
+        &Method::GET,
+        "/",
+        headers,
+        Some(forwarded),
+        RequestFraming::Empty,
+        &mut out,
+    );
+    let mut fields = vec![httparse::EMPTY_HEADER; headers.len() + 16];
+    let mut req = httparse::Request::new(&mut fields);
+    match req.parse(&out) {
+        Ok(httparse::Status::Complete(n)) if n == out.len() => {}
+        other => panic!(
+            "the upstream head does not parse ({other:?}): {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
+    let mut seen = HeaderMap::new();
+    for f in req.headers.iter() {
+        seen.append(
+            HeaderName::from_bytes(f.name.as_bytes()).unwrap(),
+            HeaderValue::from_bytes(f.value).unwrap(),
+        );
+    }
+    seen
 }
 
 fn sane_request_id(b: &[u8]) -> bool {
@@ -240,22 +278,6 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    // ensure_traceparent: a valid one is kept, anything else replaced by a
-    // valid one.
-    let mut traced = stripped.clone();
-    let before = traced.get(&proxy::TRACEPARENT).cloned();
-    proxy::ensure_traceparent(&mut traced);
-    let after = traced
-        .get(&proxy::TRACEPARENT)
-        .expect("no traceparent after ensure_traceparent");
-    assert!(
-        proxy::valid_traceparent(after.as_bytes()),
-        "created {after:?}"
-    );
-    if let Some(b) = before.filter(|b| proxy::valid_traceparent(b.as_bytes())) {
-        assert_eq!(after, &b, "a valid traceparent was replaced");
-    }
-
     // set_client_cert_subject: only the gateway's value reaches upstreams.
     let mut with_subject = headers.clone();
     proxy::set_client_cert_subject(&mut with_subject, subject.as_ref());
@@ -272,51 +294,68 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The request path in src/pipeline.rs order: hop-by-hop headers out,
-    // request id, verified client certificate, (JWT claims), traceparent,
-    // then to_upstream. What the gateway itself set must reach the upstream
-    // whatever the client's Connection header names (else a client can
-    // strip the gateway's identity and trace headers: "Connection:
-    // x-client-cert-subject", fixed by removing hop-by-hop headers first).
+    // request id, verified client certificate, (JWT claims), then
+    // `Forwarded::new`; the head goes out through `encode_head`. What the
+    // gateway set itself must reach the upstream whatever the client's
+    // Connection header names (else a client can strip the gateway's
+    // identity and trace headers: "Connection: x-client-cert-subject",
+    // fixed by removing hop-by-hop headers first), and only once.
     let mut piped = stripped.clone();
-    piped.insert(proxy::X_REQUEST_ID.clone(), id.clone());
     proxy::set_client_cert_subject(&mut piped, subject.as_ref());
-    proxy::ensure_traceparent(&mut piped);
-    let trace = piped.get(&proxy::TRACEPARENT).cloned();
-    proxy::to_upstream(&mut piped, &proxy::ip_header(peer), host.as_ref(), proto);
+    let sent_trace = match piped.get_all(&proxy::TRACEPARENT).iter().collect::<Vec<_>>()[..] {
+        // One valid line goes on; two or more start a new trace.
+        [t] if proxy::valid_traceparent(t.as_bytes()) => Some(t.clone()),
+        _ => None,
+    };
+    let forwarded =
+        proxy::Forwarded::new(&mut piped, id.clone(), &proxy::ip_header(peer), host.as_ref(), proto);
+    let up = upstream_sees(&piped, &forwarded);
+    assert_no_hop_by_hop(&up, &named, "upstream head");
+    let all = |name: &str| -> Vec<&HeaderValue> { up.get_all(name).iter().collect() };
+    // What a field can carry in HTTP/1.1: its value without the spaces and
+    // tabs around it (RFC 9110 §5.5), which a parser takes off.
+    let carried = |v: &HeaderValue| {
+        HeaderValue::from_bytes(v.as_bytes().trim_ascii_start().trim_ascii_end()).unwrap()
+    };
+    let subject = subject.as_ref().map(carried);
+    let host = host.as_ref().map(carried);
     assert_eq!(
-        piped.get(&proxy::X_REQUEST_ID),
-        Some(&id),
-        "the gateway's x-request-id did not reach the upstream"
+        all("x-request-id"),
+        vec![&id],
+        "the gateway's x-request-id, and only it, reaches the upstream"
     );
-    assert_eq!(
-        piped.get(&proxy::TRACEPARENT),
-        trace.as_ref(),
-        "the gateway's traceparent did not reach the upstream"
+    // traceparent: one, valid; the client's when it was valid.
+    let traces = all("traceparent");
+    assert_eq!(traces.len(), 1, "traceparent lines: {traces:?}");
+    assert!(
+        proxy::valid_traceparent(traces[0].as_bytes()),
+        "created {:?}",
+        traces[0]
     );
+    if let Some(t) = &sent_trace {
+        assert_eq!(traces[0], t, "a valid traceparent was replaced");
+    }
     assert_eq!(
-        piped.get(&proxy::X_CLIENT_CERT_SUBJECT),
-        subject.as_ref(),
+        all("x-client-cert-subject"),
+        subject.iter().collect::<Vec<_>>(),
         "x-client-cert-subject is not the verified certificate's"
     );
-
-    // to_upstream (on a request whose hop-by-hop headers are gone, as in
-    // the pipeline).
-    let mut up = stripped.clone();
-    proxy::to_upstream(&mut up, &proxy::ip_header(peer), host.as_ref(), proto);
-    assert_no_hop_by_hop(&up, &named, "to_upstream");
-    let protos: Vec<&HeaderValue> = up.get_all("x-forwarded-proto").iter().collect();
-    assert_eq!(protos, vec![proto], "x-forwarded-proto");
+    let proto_value = HeaderValue::from_static(proto);
+    assert_eq!(all("x-forwarded-proto"), vec![&proto_value], "x-forwarded-proto");
+    assert_eq!(
+        all("x-forwarded-host"),
+        host.iter().collect::<Vec<_>>(),
+        "x-forwarded-host"
+    );
     if let Some(h) = &host {
-        let fh: Vec<&HeaderValue> = up.get_all("x-forwarded-host").iter().collect();
-        assert_eq!(fh, vec![h], "x-forwarded-host");
         // The upstream's Host: the client's (kept when the request has one).
-        let had_host = stripped.get(HOST).cloned();
+        let had_host = stripped.get(HOST).map(carried);
         assert_eq!(up.get(HOST), Some(had_host.as_ref().unwrap_or(h)), "Host");
     }
     // X-Forwarded-For: one line; what the client's lines said, folded in
     // order ("several X-Forwarded-For lines are folded into one"), then the
     // peer.
-    let xff: Vec<&HeaderValue> = up.get_all("x-forwarded-for").iter().collect();
+    let xff = all("x-forwarded-for");
     assert_eq!(xff.len(), 1, "x-forwarded-for lines: {xff:?}");
     let peer_text = peer.to_string();
     let earlier: Vec<&[u8]> = stripped
@@ -330,9 +369,10 @@ fuzz_target!(|data: &[u8]| {
         want.extend_from_slice(b", ");
     }
     want.extend_from_slice(peer_text.as_bytes());
+    let want = carried(&HeaderValue::from_bytes(&want).unwrap());
     assert_eq!(
         String::from_utf8_lossy(xff[0].as_bytes()),
-        String::from_utf8_lossy(&want),
+        String::from_utf8_lossy(want.as_bytes()),
         "x-forwarded-for does not carry every earlier hop, in order, then the peer"
     );
 });

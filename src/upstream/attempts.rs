@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::outcome::Outcome;
 use super::retry::RetryPolicy;
-use super::{health, Upstream, UpstreamBody};
-use crate::body::{Replay, RequestBody};
+use super::{health, Outgoing, Upstream, UpstreamBody};
+use crate::body::Replay;
 use crate::error::Reject;
 use crate::limits::shed::{ShedPolicy, Shedder};
 use crate::telemetry::Exchange;
@@ -26,7 +26,7 @@ use crate::telemetry::Exchange;
 pub async fn try_until_final(
     upstream: &Upstream,
     key: Option<u64>,
-    req: Request<RequestBody>,
+    out: Outgoing<'_>,
     timeout: Duration,
     adaptive: Adaptive<'_>,
     exchange: &mut Exchange,
@@ -36,13 +36,14 @@ pub async fn try_until_final(
     exchange.attempts = 1;
     let Some((policy, budget)) = &upstream.retry else {
         let (result, outcome, _) =
-            try_once(upstream, key, 0, req, (now, deadline), adaptive, exchange).await;
+            try_once(upstream, key, 0, out, (now, deadline), adaptive, exchange).await;
         return (result, outcome);
     };
     budget.deposit();
     exchange.attempts_header = policy.attempts_header;
-    let idempotent = RetryPolicy::eligible(req.method(), req.headers());
-    let (head, body) = req.into_parts();
+    let idempotent = RetryPolicy::eligible(out.req.method(), out.req.headers());
+    let forwarded = out.forwarded;
+    let (head, body) = out.req.into_parts();
     let mut body = match Replay::read(body, policy.replay_buffer).await {
         Ok(body) => body,
         Err(reject) => return (Err(reject), None),
@@ -59,12 +60,15 @@ pub async fn try_until_final(
         let per_try = policy
             .per_try_timeout
             .map_or(deadline, |t| deadline.min(now + t));
-        let req = Request::from_parts(copy_head(&head), this_body);
+        let out = Outgoing {
+            req: Request::from_parts(copy_head(&head), this_body),
+            forwarded,
+        };
         let (result, outcome, index) = try_once(
             upstream,
             key,
             tried,
-            req,
+            out,
             (now, per_try),
             adaptive,
             exchange,
@@ -108,7 +112,7 @@ async fn try_once(
     upstream: &Upstream,
     key: Option<u64>,
     tried: u64,
-    req: Request<RequestBody>,
+    out: Outgoing<'_>,
     (started, deadline): (Instant, Instant),
     adaptive: Adaptive<'_>,
     exchange: &mut Exchange,
@@ -130,7 +134,7 @@ async fn try_once(
     };
     exchange.endpoint = Some(endpoint.addr.clone());
     let timeout = deadline.saturating_duration_since(started);
-    let result = super::forward(upstream, endpoint, req, deadline, timeout).await;
+    let result = super::forward(upstream, endpoint, out, deadline, timeout).await;
     let outcome = super::outcome_of(&result);
     if let (Some((shedder, policy)), Some(_)) = (adaptive, outcome) {
         shedder.sample(policy, started.elapsed());

@@ -25,6 +25,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
 use super::pool::MAX_UPSTREAM_HEAD_BYTES;
+use crate::proxy::Forwarded;
 
 /// Response header fields read at most (hyper's default).
 pub const MAX_HEADERS: usize = 100;
@@ -67,18 +68,21 @@ pub enum RequestFraming {
     Chunked,
 }
 
-/// Writes the request line and header fields. The client's own
-/// `Content-Length` and `Transfer-Encoding` are not copied: `framing`
-/// (decided from the body) is written instead, so the bytes that follow
-/// always match what the head announces.
+/// Writes the request line and header fields, then the gateway's own
+/// (`forwarded`). The client's own `Content-Length` and
+/// `Transfer-Encoding` are not copied: `framing` (decided from the body) is
+/// written instead, so the bytes that follow always match what the head
+/// announces.
 pub fn encode_head(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    forwarded: Option<&Forwarded>,
     framing: RequestFraming,
     out: &mut BytesMut,
 ) {
-    out.reserve(64 + target.len() + headers.len() * 32);
+    // The gateway's fields are ~200 bytes (`Forwarded::write`).
+    out.reserve(256 + target.len() + headers.len() * 32);
     out.extend_from_slice(method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     out.extend_from_slice(target.as_bytes());
@@ -87,6 +91,9 @@ pub fn encode_head(
         if name != CONTENT_LENGTH && name != TRANSFER_ENCODING {
             encode_field(name, value, out);
         }
+    }
+    if let Some(f) = forwarded {
+        f.write(out);
     }
     match framing {
         RequestFraming::Empty => {}
@@ -575,6 +582,7 @@ mod tests {
             &Method::POST,
             "/p?q=1",
             &h,
+            None,
             RequestFraming::Length(3),
             &mut out,
         );
@@ -583,13 +591,44 @@ mod tests {
             b"POST /p?q=1 HTTP/1.1\r\nhost: up:80\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 3\r\n\r\n"
         );
         out.clear();
-        encode_head(&Method::PUT, "/", &h, RequestFraming::Chunked, &mut out);
+        encode_head(
+            &Method::PUT,
+            "/",
+            &h,
+            None,
+            RequestFraming::Chunked,
+            &mut out,
+        );
         assert!(out.ends_with(b"x-a: 2\r\ntransfer-encoding: chunked\r\n\r\n"));
+        // The gateway's own fields go after the request's, before framing.
+        out.clear();
+        let peer = HeaderValue::from_static("192.0.2.1");
+        let mut client = h.clone();
+        let id = HeaderValue::from_static("id-7");
+        let f = crate::proxy::Forwarded::new(&mut client, id, &peer, None, "http");
+        encode_head(
+            &Method::PUT,
+            "/",
+            &client,
+            Some(&f),
+            RequestFraming::Chunked,
+            &mut out,
+        );
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            text.contains("x-a: 2\r\nx-request-id: id-7\r\ntraceparent: 00-"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("x-forwarded-for: 192.0.2.1\r\nx-forwarded-proto: http\r\ntransfer-encoding: chunked\r\n\r\n"),
+            "{text}"
+        );
         out.clear();
         encode_head(
             &Method::GET,
             "/",
             &HeaderMap::new(),
+            None,
             RequestFraming::Empty,
             &mut out,
         );

@@ -18,7 +18,7 @@ use metrics::Gauge;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Endpoint, Pool, SendError, Upstream};
+use super::{Endpoint, Outgoing, Pool, SendError, Upstream};
 use crate::body::{self, RequestBody};
 use crate::clock::{millis, Clock};
 use crate::config::{HealthCheckConfig, OutlierConfig, StatusRange};
@@ -283,7 +283,18 @@ async fn check_once(
         HeaderValue::from_static("portcullis-health-check"),
     );
     let deadline = Instant::now() + s.config.timeout.0;
-    let resp = match tokio::time::timeout_at(deadline, s.pool.send(endpoint, req)).await {
+    let resp = match tokio::time::timeout_at(
+        deadline,
+        s.pool.send(
+            endpoint,
+            Outgoing {
+                req,
+                forwarded: None,
+            },
+        ),
+    )
+    .await
+    {
         Ok(Ok(resp)) => resp,
         Ok(Err(SendError::Connect(_) | SendError::ConnectTimeout)) => return Err("connect error"),
         Ok(Err(SendError::Protocol(_))) => return Err("invalid response"),

@@ -31,12 +31,21 @@ use crate::body::{ClientBodyError, RequestBody};
 use crate::client_key::ClientKey;
 use crate::config::HealthCheckConfig;
 use crate::error::{Reject, UpstreamFailure};
+use crate::proxy::Forwarded;
 use breaker::{Breaker, BreakerPolicy};
 use health::{Health, OutlierPolicy};
 use outcome::Outcome;
 use pool::IdleConns;
 pub use pool::{Pool, SendError, UpstreamBody, MAX_UPSTREAM_HEAD_BYTES};
 use retry::{RetryBudget, RetryPolicy};
+
+/// A request on its way to an upstream: the client's, rewritten, and the
+/// fields the gateway adds to its head itself (`None` for the gateway's own
+/// requests, the health checks).
+pub struct Outgoing<'a> {
+    pub req: Request<RequestBody>,
+    pub forwarded: Option<&'a Forwarded>,
+}
 
 /// One backend address of an upstream (long-lived).
 pub struct Endpoint {
@@ -157,25 +166,25 @@ impl Upstream {
     }
 }
 
-/// Sends `req` (hygiene already applied) to `endpoint` and waits until
+/// Sends `out` (hygiene already applied) to `endpoint` and waits until
 /// `deadline` for the response head; `timeout` (the time the try was
 /// given) is for the 504's detail.
 pub async fn forward(
     upstream: &Upstream,
     endpoint: &Arc<Endpoint>,
-    mut req: Request<RequestBody>,
+    mut out: Outgoing<'_>,
     deadline: Instant,
     timeout: Duration,
 ) -> Result<Response<UpstreamBody>, Reject> {
     // HTTP/2 clients' requests go upstream as HTTP/1.1.
-    *req.version_mut() = http::Version::HTTP_11;
+    *out.req.version_mut() = http::Version::HTTP_11;
     let result = {
         // A guard, not a pair of calls: the client may go away mid-await,
         // dropping this future, and the count must still come down.
         let _sending = InFlight::enter(&endpoint.in_flight);
         // `timeout_at`: the caller has read the clock already (a read is
         // ~50 ns on this VM, and a request still reads it about nine times).
-        tokio::time::timeout_at(deadline, upstream.pool.send(endpoint, req)).await
+        tokio::time::timeout_at(deadline, upstream.pool.send(endpoint, out)).await
     };
 
     let metrics = &upstream.pool.metrics;

@@ -32,7 +32,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Method, Request, Response, Uri};
+use http::{HeaderMap, Method, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -40,7 +40,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::h1::{self, ChunkedDecoder, Decoded, ProtoError, RequestFraming, ResponseFraming};
-use super::Endpoint;
+use super::{Endpoint, Outgoing};
 use crate::body::RequestBody;
 use crate::sync::lock;
 use crate::tls::UpstreamTls;
@@ -134,14 +134,15 @@ impl Pool {
         }
     }
 
-    /// Sends `req` to `endpoint` on an idle connection, or a new one, and
+    /// Sends `out` to `endpoint` on an idle connection, or a new one, and
     /// waits for the response head. The request goes in origin form, with
     /// the endpoint as `Host` when it has none.
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
-        mut req: Request<RequestBody>,
+        out: Outgoing<'_>,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        let Outgoing { mut req, forwarded } = out;
         to_origin_form(req.uri_mut());
         if !req.headers().contains_key(HOST) {
             req.headers_mut().insert(HOST, endpoint.host.clone());
@@ -159,7 +160,14 @@ impl Pool {
                 None => (Box::pin(self.connect(endpoint)).await?, false),
             };
             conn.out.clear();
-            h1::encode_head(&head.method, target, &head.headers, framing, &mut conn.out);
+            h1::encode_head(
+                &head.method,
+                target,
+                &head.headers,
+                forwarded,
+                framing,
+                &mut conn.out,
+            );
             let sent = match (framing, body.take()) {
                 (RequestFraming::Empty, _) | (_, None) => {
                     conn.write_out().await.map_err(SendError::Io)
