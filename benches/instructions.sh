@@ -17,6 +17,12 @@
 # the first each second is answered 429 (its problem document, headers and
 # metrics), and requests are read from portcullis_rejections_total.
 #
+# REQUESTS=limited prices a rate-limit check that never refuses (issue 5's
+# "a policy that never trips"): the route goes through a policy keyed on
+# `header:x-api-key` at 1e8/s with a burst of 1e8, and wrk sends
+# `x-api-key: bench-client`. Its baseline is the same request without the
+# policy: `REQUESTS=proxied WRK_HEADER="x-api-key: bench-client"`.
+#
 # Instructions are not time (a cache miss or a syscall's kernel work is
 # invisible here), so use this beside load.sh, not instead of it. The
 # gateway runs ~50x slower under valgrind; everything is bounded by
@@ -38,8 +44,22 @@ rate_limits:
     burst: 1"
         ROUTE_POLICY="
     rate_limit: refuse-all" ;;
-    *) echo "instructions.sh: REQUESTS must be proxied or refused, got '$REQUESTS'" >&2; exit 2 ;;
+    limited)
+        COUNTER=portcullis_requests_total
+        WRK_HEADER=${WRK_HEADER:-"x-api-key: bench-client"}
+        POLICY="
+rate_limits:
+  - name: never-trips
+    key: header:x-api-key
+    rate: 100000000/s
+    burst: 100000000"
+        ROUTE_POLICY="
+    rate_limit: never-trips" ;;
+    *) echo "instructions.sh: REQUESTS must be proxied, refused or limited, got '$REQUESTS'" >&2; exit 2 ;;
 esac
+WRK_HEADER=${WRK_HEADER:-}
+WRK_ARGS=()
+[[ -n $WRK_HEADER ]] && WRK_ARGS=(-H "$WRK_HEADER")
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
     sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
@@ -103,10 +123,10 @@ for bin in "$@"; do
         curl -s -o /dev/null "http://127.0.0.1:$GW/" && break
         sleep 0.5
     done
-    timeout 30 wrk -t1 -c16 -d3s "http://127.0.0.1:$GW/" >/dev/null
+    timeout 30 wrk -t1 -c16 -d3s "${WRK_ARGS[@]}" "http://127.0.0.1:$GW/" >/dev/null
     before=$(requests)
     callgrind_control -i on "$pid" >/dev/null
-    timeout 60 wrk -t1 -c16 -d"$DURATION" "http://127.0.0.1:$GW/" >/dev/null
+    timeout 60 wrk -t1 -c16 -d"$DURATION" "${WRK_ARGS[@]}" "http://127.0.0.1:$GW/" >/dev/null
     callgrind_control -i off "$pid" >/dev/null
     after=$(requests)
     callgrind_control -d "$pid" >/dev/null
