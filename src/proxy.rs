@@ -216,21 +216,21 @@ impl Forwarded {
         proto: &'static str,
     ) -> Forwarded {
         let sent = client_sent(headers);
-        for (i, name) in [
-            (0, &X_REQUEST_ID),
-            (3, &X_FORWARDED_PROTO),
-            (4, &X_FORWARDED_HOST),
+        for (bit, name) in [
+            (SENT_REQUEST_ID, &X_REQUEST_ID),
+            (SENT_FORWARDED_PROTO, &X_FORWARDED_PROTO),
+            (SENT_FORWARDED_HOST, &X_FORWARDED_HOST),
         ] {
-            if sent & (1 << i) != 0 {
+            if sent & bit != 0 {
                 headers.remove(name);
             }
         }
-        let traceparent = if sent & (1 << 1) != 0 && kept_traceparent(headers) {
+        let traceparent = if sent & SENT_TRACEPARENT != 0 && kept_traceparent(headers) {
             None
         } else {
             Some(new_traceparent())
         };
-        let forwarded_for = if sent & (1 << 2) != 0 {
+        let forwarded_for = if sent & SENT_FORWARDED_FOR != 0 {
             append_forwarded_for(headers, peer);
             None
         } else {
@@ -282,6 +282,13 @@ static GATEWAY_FIELDS: [&HeaderName; 5] = [
     &X_FORWARDED_PROTO,
     &X_FORWARDED_HOST,
 ];
+
+/// [`client_sent`]'s bits, one per [`GATEWAY_FIELDS`] entry, in order.
+const SENT_REQUEST_ID: u8 = 1;
+const SENT_TRACEPARENT: u8 = 1 << 1;
+const SENT_FORWARDED_FOR: u8 = 1 << 2;
+const SENT_FORWARDED_PROTO: u8 = 1 << 3;
+const SENT_FORWARDED_HOST: u8 = 1 << 4;
 
 /// The lengths of [`GATEWAY_FIELDS`]' names ([`lengths`]).
 const GATEWAY_FIELD_LENGTHS: u32 = lengths(&[
@@ -430,6 +437,23 @@ fn hex<const N: usize>(n: u128) -> [u8; N] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_gateway_field_has_its_bit() {
+        let bits = [
+            SENT_REQUEST_ID,
+            SENT_TRACEPARENT,
+            SENT_FORWARDED_FOR,
+            SENT_FORWARDED_PROTO,
+            SENT_FORWARDED_HOST,
+        ];
+        for (name, bit) in GATEWAY_FIELDS.iter().zip(bits) {
+            let mut h = HeaderMap::new();
+            h.insert(HOST, HeaderValue::from_static("a"));
+            h.insert(*name, HeaderValue::from_static("1"));
+            assert_eq!(client_sent(&h), bit, "{name}");
+        }
+    }
 
     #[test]
     fn length_masks_cover_their_names() {
