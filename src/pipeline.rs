@@ -162,7 +162,14 @@ async fn run(
     exchange.upstream = Some(upstream.name.clone());
 
     // 4. rewrite
-    let (req, forwarded) = rewrite(snap, req, &route, version_segment, conn, exchange)?;
+    let (req, forwarded) = rewrite(
+        snap,
+        req,
+        &route,
+        version_segment,
+        conn,
+        exchange.request_id.clone(),
+    )?;
 
     // 5. forward
     let timeout = route.timeout.unwrap_or(upstream.request_timeout);
@@ -398,7 +405,7 @@ fn rewrite(
     route: &Arc<Route>,
     version_segment: Option<VersionSegment>,
     conn: &ConnInfo,
-    exchange: &Exchange,
+    request_id: HeaderValue,
 ) -> Result<(Request<RequestBody>, Forwarded), Reject> {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path();
@@ -432,7 +439,7 @@ fn rewrite(
     // Only forwarded requests need trace context: a refusal skips it.
     let forwarded = Forwarded::new(
         &mut parts.headers,
-        exchange.request_id.clone(),
+        request_id,
         &conn.peer_ip,
         host.as_ref(),
         conn.proto,
