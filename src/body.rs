@@ -390,6 +390,11 @@ impl ResponseBody {
         }
     }
 
+    /// The request's bookkeeping, until the body ends.
+    pub fn exchange(&self) -> Option<&Exchange> {
+        self.exchange.as_deref()
+    }
+
     /// Attaches the request's bookkeeping; it is finished when the body ends
     /// or is dropped.
     pub fn track(&mut self, mut exchange: Box<Exchange>) {

@@ -10,7 +10,7 @@
 //! | 3 | choose upstream: tester override, sticky or weighted split without the targets the canary guard drained; its bulkhead (`max_in_flight`); the client key for `hash:` balancing | `routing::split`, `limits::shed`, `client_key` | 400 `bad_request`, 503 `overloaded` |
 //! | 4 | rewrite: version segment, `strip_prefix`, header hygiene, `traceparent`, `X-Forwarded-*` | `proxy` | |
 //! | 5 | forward: circuit breaker; then try by try: healthy endpoint, pooled connection, timeouts, outcome to outlier detection, retry within budget and deadline; the final outcome to the breaker and the canary guard | `upstream::{breaker, attempts, balance, health, retry}` | 503 `upstream_unavailable`, 413 (body cut while streaming), 502 `bad_gateway`, 504 `upstream_timeout` |
-//! | 6 | respond: hop-by-hop removal, `x-request-id`, `x-portcullis-upstream`, `Deprecation`/`Sunset`/`Link`, `RateLimit` headers, drain `Connection: close`, metrics and access log when the body ends | `proxy`, `telemetry` | |
+//! | 6 | respond: hop-by-hop removal; `x-request-id`, `x-portcullis-upstream`, `Deprecation`/`Sunset`/`Link`, `RateLimit` headers (kept in the exchange, written by the server); drain `Connection: close`, metrics and access log when the body ends | `proxy`, `telemetry` | |
 //!
 //! [`handle`] never fails: it runs [`run`] and turns a [`Reject`] into the
 //! contract's problem document through `error.rs`, the only place that does.
@@ -27,18 +27,12 @@ use crate::body::{self, ClientBody, RequestBody, ResponseBody};
 use crate::client_key::KeySource;
 use crate::config::LimitMode;
 use crate::error::Reject;
-use crate::limits::rate::{RATELIMIT, RATELIMIT_POLICY};
 use crate::limits::shed::{ShedReason, Shedder, Slot};
 use crate::proxy::Forwarded;
 use crate::routing::version::{RequestVersion, VersionSegment};
 use crate::server::ConnInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::telemetry::Exchange;
-use crate::upstream::retry::X_PORTCULLIS_ATTEMPTS;
-
-/// Which upstream answered (`server.upstream_header`).
-static X_PORTCULLIS_UPSTREAM: http::HeaderName =
-    http::HeaderName::from_static("x-portcullis-upstream");
 use crate::upstream::{attempts, balance, Balance, Outgoing, Upstream, UpstreamBody};
 use crate::{limits, proxy, routing, target, Shared};
 
@@ -66,7 +60,7 @@ pub async fn handle(
         } else {
             String::new()
         },
-        request_id: request_id.clone(),
+        request_id,
         route: snap.unrouted.clone(),
         upstream: None,
         endpoint: None,
@@ -78,7 +72,7 @@ pub async fn handle(
         completed: false,
         access_log: snap.access_log,
         in_flight: shared.metrics.in_flight.clone(),
-        rate_headers: None,
+        rate: None,
         deprecation: None,
         upstream_header: None,
         shadow_limited: None,
@@ -97,7 +91,7 @@ pub async fn handle(
         Err(reject) => {
             exchange.route.rejected(reject.code_index());
             exchange.error = Some(reject.code());
-            let mut resp = reject.to_response(request_id.to_str().unwrap_or(""));
+            let mut resp = reject.to_response(exchange.request_id.to_str().unwrap_or(""));
             if exchange.method == Method::HEAD {
                 // hyper's HTTP/1.1 server drops the body of an answer to
                 // HEAD, its HTTP/2 server sends it (a protocol error).
@@ -107,25 +101,11 @@ pub async fn handle(
         }
     };
 
-    let headers = resp.headers_mut();
-    headers.insert(proxy::X_REQUEST_ID.clone(), request_id);
-    if exchange.attempts_header {
-        headers.insert(X_PORTCULLIS_ATTEMPTS.clone(), exchange.attempts.into());
-    }
-    if let Some(name) = &exchange.upstream_header {
-        headers.insert(X_PORTCULLIS_UPSTREAM.clone(), name.clone());
-    }
-    if let Some(d) = &exchange.deprecation {
-        for (name, value) in &d.headers {
-            headers.insert(name.clone(), value.clone());
-        }
-    }
-    if let Some((policy, state)) = exchange.rate_headers.take() {
-        headers.insert(RATELIMIT_POLICY.clone(), policy);
-        headers.insert(RATELIMIT.clone(), state);
-    }
+    // The gateway's own fields (`x-request-id`, ...) travel in the
+    // exchange, and the server writes them: `proxy::ResponseFields`.
     if shared.is_draining() && version <= Version::HTTP_11 {
-        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     exchange.status = resp.status().as_u16();
     resp.body_mut().track(exchange);

@@ -226,8 +226,12 @@ pub struct Exchange {
     pub upstream_header: Option<HeaderValue>,
     /// `Deprecation`, `Sunset`, `Link` for the response (deprecated routes).
     pub deprecation: Option<Arc<crate::routing::version::Deprecation>>,
-    /// `RateLimit-Policy` and `RateLimit` for the response (rate-limited routes).
-    pub rate_headers: Option<(HeaderValue, HeaderValue)>,
+    /// The policy and its decision, for the response's `RateLimit-Policy`
+    /// and `RateLimit` (enforced rate limits).
+    pub rate: Option<(
+        std::sync::Arc<crate::limits::rate::RatePolicy>,
+        crate::limits::rate::Decision,
+    )>,
     /// The policy that would have refused this request in shadow mode.
     pub shadow_limited: Option<Arc<str>>,
     /// The shedding reason that would have refused it in shadow mode.

@@ -43,6 +43,61 @@ fn route(name: &str, prefix: &str, upstream: &str, extra: &str) -> String {
 const POLICY: &str =
     "rate_limits:\n  - { name: per-client, key: [header:x-api-key, ip], rate: 2/s, burst: 3 }\n";
 
+/// The gateway's own response fields replace the upstream's copies, one
+/// line each, whichever server writes the head: the native HTTP/1.1 one
+/// (which writes them into the head itself), hyper's HTTP/1.1 and HTTP/2.
+/// Those the gateway does not set on a route pass as the upstream sent them.
+#[tokio::test]
+async fn gateway_response_fields_replace_the_upstreams() {
+    let a = spawn_upstream("a").await;
+    for http1 in ["native", "hyper"] {
+        let retry = ", retry: { attempts: 1, on: [503], attempts_header: true }";
+        let routes = route(
+            "limited",
+            "/limited",
+            "a",
+            ", rate_limit: per-client, strip_prefix: /limited",
+        ) + &route("open", "/gateway-fields", "a", "");
+        let mut yaml = config(&up("a", a.addr, retry), &routes, POLICY);
+        yaml = yaml.replace("server: {", &format!("server: {{ http1: {http1},"));
+        let gw = start_gateway(&yaml).await;
+        let addr = gw.addr("http").unwrap();
+        for (client, proto) in [(http1_client(), "HTTP/1.1"), (http2_client(), "HTTP/2")] {
+            let get = |path: &str, id: &str| {
+                Request::get(format!("http://{addr}{path}"))
+                    .header("x-request-id", id)
+                    .header("x-api-key", "fields")
+                    .body(empty())
+                    .unwrap()
+            };
+            let what = format!("{http1} server, {proto}");
+            let r = send(&client, get("/limited/gateway-fields", "client-id-1")).await;
+            assert_eq!(r.status, 200, "{what}");
+            let one = |name: &str| {
+                let lines: Vec<_> = r.headers.get_all(name).iter().collect();
+                assert_eq!(lines.len(), 1, "{what}: {name}: {:?}", r.headers);
+                lines[0].to_str().unwrap().to_string()
+            };
+            assert_eq!(one("x-request-id"), "client-id-1", "{what}");
+            assert_eq!(one("x-portcullis-upstream"), "a", "{what}");
+            assert_eq!(one("x-portcullis-attempts"), "1", "{what}");
+            assert_eq!(one("ratelimit-policy"), "\"per-client\";q=3;w=2", "{what}");
+            assert!(one("ratelimit").starts_with("\"per-client\";r="), "{what}");
+            // Not set by the gateway on this route: the upstream's own.
+            assert_eq!(one("deprecation"), "@1", "{what}");
+            assert_eq!(one("x-upstream-public"), "1", "{what}");
+
+            let r = send(&client, get("/gateway-fields", "client-id-2")).await;
+            assert_eq!(r.status, 200, "{what}");
+            assert_eq!(r.headers["x-request-id"], "client-id-2", "{what}");
+            assert_eq!(r.headers.get_all("x-request-id").iter().count(), 1);
+            // No policy on this route: a backend's own limits show through.
+            assert_eq!(r.headers["ratelimit"], "\"upstream\";r=9;t=9", "{what}");
+            assert_eq!(r.headers["ratelimit-policy"], "\"upstream\";q=9;w=9");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_burst_then_429_with_retry_after_and_ratelimit_headers_then_refill() {
     let a = spawn_upstream("a").await;
@@ -342,6 +397,10 @@ fn check_reports_limit_problems_with_their_lines() {
         ("rate_limits: [{ name: a, key: ip, rate: 5/d, burst: 5 }]\n", "2:41: invalid rate `5/d`"),
         ("rate_limits: [{ name: a, key: ip, rate: 2000000000/s, burst: 5 }]\n", "2:41: rate `2000000000/s` is too high"),
         ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 0 }]\n", "2:53: must be at least 1"),
+        // Quoted in the RateLimit headers: nothing that could end the quote or the line.
+        ("rate_limits: [{ name: 'per \"client\"', key: ip, rate: 5/s, burst: 1 }]\n", "2:23: must be printable ASCII without `\"` or `\\`"),
+        ("rate_limits: [{ name: \"a\\tb\", key: ip, rate: 5/s, burst: 1 }]\n", "2:23: must be printable ASCII"),
+        ("rate_limits: [{ name: 'per client', key: ip, rate: 5/s, burst: 1 }]\n", ""),
         ("rate_limits: [{ name: a, key: [ip, session:x], rate: 5/s, burst: 1 }]\n", "2:31: unknown key `session:x`"),
         // Shared stores (issue 9): the URL, and store keys that would be ignored.
         ("rate_limits: [{ name: a, key: ip, rate: 5/s, burst: 1, store: 'memcached://h:1' }]\n", "2:63: unknown store `memcached://h:1`: expected `local`, `redis://host:port[/db]` or `rediss://host:port[/db]`"),

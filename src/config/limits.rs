@@ -343,7 +343,23 @@ impl<'de> Deserialize<'de> for Cidr {
 /// The most keys a policy may keep (about 100 bytes each).
 const MAX_KEYS_CAP: usize = 100_000_000;
 
+/// Whether `text` can go between the quotes of a structured-field string
+/// (RFC 8941 §3.3.3) as it is: printable ASCII without `"` or `\`.
+pub fn is_sf_string(text: &str) -> bool {
+    text.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
 pub fn validate_rate_limit(r: &RateLimitConfig, path: &str, report: &mut Report<'_>) {
+    if !is_sf_string(&r.name) {
+        report(
+            &format!("{path}.name"),
+            false,
+            "must be printable ASCII without `\"` or `\\`: it is quoted in the \
+             `RateLimit` and `RateLimit-Policy` response headers"
+                .into(),
+        );
+    }
     if r.burst == 0 {
         report(
             &format!("{path}.burst"),

@@ -21,13 +21,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use dashmap::DashMap;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use metrics::{Counter, Gauge};
 
 use super::shared::SharedBuckets;
 use crate::client_key::{ClientKey, KeySource};
 use crate::clock::Clock;
+use crate::config::limits::is_sf_string;
 use crate::config::{LimitMode, OnStoreError, RateLimitConfig};
 use crate::error::Reject;
 use crate::telemetry::{Exchange, Metrics, RATE_LIMITED_TOTAL, RATE_LIMIT_KEYS};
@@ -48,7 +50,14 @@ pub struct RatePolicy {
     pub mode: LimitMode,
     max_keys: usize,
     /// `RateLimit-Policy` for every response of a limited route.
-    pub policy_header: HeaderValue,
+    policy_header: HeaderValue,
+    /// The name as the `RateLimit` fields quote it: `check` refuses names
+    /// that are not a plain structured-field string, and nothing else may
+    /// reach a head.
+    field_name: Arc<str>,
+    /// What every limited HTTP/1.1 head carries before the decision's
+    /// numbers: `ratelimit-policy: …\r\nratelimit: "name";r=`.
+    fields_prefix: Box<[u8]>,
     /// In-process buckets: the store with `store: local`, the fallback
     /// with a shared store.
     pub buckets: Arc<Buckets>,
@@ -69,10 +78,27 @@ impl RatePolicy {
         let window = (interval_ns.saturating_mul(burst) as f64 / 1e9)
             .ceil()
             .max(1.0) as u64;
-        let policy_header = HeaderValue::from_str(&format!("\"{}\";q={burst};w={window}", c.name))
-            .unwrap_or(HeaderValue::from_static("\"default\""));
+        let name: Arc<str> = Arc::from(c.name.as_str());
+        let field_name = match is_sf_string(&name) {
+            true => name.clone(),
+            false => Arc::from("default"),
+        };
+        let policy_header =
+            HeaderValue::from_str(&format!("\"{field_name}\";q={burst};w={window}"))
+                .unwrap_or(HeaderValue::from_static("\"default\""));
+        let fields_prefix = [
+            &b"ratelimit-policy: "[..],
+            policy_header.as_bytes(),
+            b"\r\nratelimit: \"",
+            field_name.as_bytes(),
+            b"\";r=",
+        ]
+        .concat()
+        .into_boxed_slice();
         RatePolicy {
-            name: Arc::from(c.name.as_str()),
+            name,
+            field_name,
+            fields_prefix,
             keys: c.key.iter().filter_map(ClientKey::new).collect(),
             interval_ns,
             burst,
@@ -119,7 +145,11 @@ impl RatePolicy {
     /// and marked for the access log. Requests with none of the keys share
     /// one bucket (the empty key), so leaving a header out is no way around
     /// the limit.
-    pub async fn admit(&self, keys: &KeySource<'_>, exchange: &mut Exchange) -> Result<(), Reject> {
+    pub async fn admit(
+        self: &Arc<Self>,
+        keys: &KeySource<'_>,
+        exchange: &mut Exchange,
+    ) -> Result<(), Reject> {
         let key = self.keys.iter().find_map(|k| k.read(keys));
         let key = key.as_ref().map_or(&b""[..], |k| k.as_bytes());
         let Some(decision) = self.decide(key).await? else {
@@ -127,9 +157,7 @@ impl RatePolicy {
         };
         let enforce = self.mode == LimitMode::Enforce;
         if enforce {
-            exchange.rate_headers = decision
-                .header(&self.name)
-                .map(|state| (self.policy_header.clone(), state));
+            exchange.rate = Some((self.clone(), decision));
         }
         if decision.allowed {
             return Ok(());
@@ -160,25 +188,47 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// The `RateLimit` field for this decision.
-    pub fn header(&self, policy: &str) -> Option<HeaderValue> {
+    /// Writes the `RateLimit` field's value for this decision.
+    pub fn write(&self, policy: &str, out: &mut BytesMut) {
+        out.extend_from_slice(b"\"");
+        out.extend_from_slice(policy.as_bytes());
+        out.extend_from_slice(b"\";r=");
+        self.write_numbers(out);
+    }
+
+    /// The value's end: `remaining;t=reset`.
+    fn write_numbers(&self, out: &mut BytesMut) {
         // Without `fmt`: `format!` was 60% of a limited request's
         // rate-limit cost (callgrind).
-        let mut r = itoa::Buffer::new();
-        let r = r.format(self.remaining).as_bytes();
-        let mut t = itoa::Buffer::new();
-        let t = t.format(self.reset_secs).as_bytes();
-        // Exactly sized and handed over, not copied: a `Vec` that is full
-        // becomes a `Bytes` without a second allocation.
-        let mut text = Vec::with_capacity(policy.len() + 7 + r.len() + t.len());
-        text.push(b'"');
-        text.extend_from_slice(policy.as_bytes());
-        text.extend_from_slice(b"\";r=");
-        text.extend_from_slice(r);
-        text.extend_from_slice(b";t=");
-        text.extend_from_slice(t);
-        debug_assert_eq!(text.len(), text.capacity());
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
+        out.extend_from_slice(itoa::Buffer::new().format(self.remaining).as_bytes());
+        out.extend_from_slice(b";t=");
+        out.extend_from_slice(itoa::Buffer::new().format(self.reset_secs).as_bytes());
+    }
+
+    /// The `RateLimit` field for this decision.
+    pub fn header(&self, policy: &str) -> Option<HeaderValue> {
+        // Two 20-digit numbers at most.
+        let mut text = BytesMut::with_capacity(policy.len() + 7 + 40);
+        self.write(policy, &mut text);
+        HeaderValue::from_maybe_shared(text.freeze()).ok()
+    }
+}
+
+impl RatePolicy {
+    /// Writes `RateLimit-Policy` and `RateLimit` for `decision` as lines
+    /// of an HTTP/1.1 head.
+    pub fn write_fields(&self, decision: &Decision, out: &mut BytesMut) {
+        out.extend_from_slice(&self.fields_prefix);
+        decision.write_numbers(out);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Sets `RateLimit-Policy` and `RateLimit` for `decision` in `headers`.
+    pub fn insert_fields(&self, decision: &Decision, headers: &mut HeaderMap) {
+        headers.insert(RATELIMIT_POLICY.clone(), self.policy_header.clone());
+        if let Some(state) = decision.header(&self.field_name) {
+            headers.insert(RATELIMIT.clone(), state);
+        }
     }
 }
 

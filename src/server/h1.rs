@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 
+use crate::proxy::ResponseFields;
 use crate::upstream::h1::{trim, Signals};
 
 /// Header fields parsed without touching the heap; a head with more is
@@ -265,10 +266,12 @@ impl ResponseFraming {
 /// the gateway's: `close` unless `keep_alive` and the response did not say
 /// `close` itself (the pipeline does while draining), `keep-alive` for an
 /// HTTP/1.0 client kept alive. Returns whether the connection stays open.
-/// `Date` is added when missing.
+/// `Date` is added when missing. The gateway's own `fields` follow the
+/// response's, and replace its copies of them.
 pub fn encode_head(
     status: StatusCode,
     headers: &HeaderMap,
+    fields: Option<&ResponseFields<'_>>,
     framing: ResponseFraming,
     keep_alive: bool,
     version: Version,
@@ -293,13 +296,16 @@ pub fn encode_head(
             continue;
         }
         let framing_field = *name == CONTENT_LENGTH || *name == TRANSFER_ENCODING;
-        if framing_field && !keep_lengths {
+        if framing_field && !keep_lengths || fields.is_some_and(|f| f.replaces(name)) {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(fields) = fields {
+        fields.write(out);
     }
     match framing {
         ResponseFraming::Length(n) => {
@@ -576,6 +582,7 @@ mod tests {
         let kept = encode_head(
             StatusCode::from_u16(status).unwrap(),
             &map,
+            None,
             framing,
             keep,
             version,

@@ -40,6 +40,7 @@ use super::h1::{self, BodyFraming, HeadError, RequestHead, ResponseFraming};
 use super::{ConnInfo, Cut};
 use crate::body::{ClientBody, ResponseBody};
 use crate::error::Reject;
+use crate::proxy::ResponseFields;
 use crate::sync::lock;
 use crate::upstream::h1::{
     encode_chunk_size, encode_last_chunk, ChunkedDecoder, Decoded, ProtoError,
@@ -632,6 +633,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Line<S> {
             h1::encode_head(
                 parts.status,
                 &parts.headers,
+                body.exchange().map(ResponseFields::new).as_ref(),
                 framing,
                 keep_alive,
                 version,

@@ -50,6 +50,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::body::ClientBody;
 use crate::clock::millis;
 use crate::config::{Http1Server, Http2Config, ServerConfig};
+use crate::proxy::ResponseFields;
 use crate::telemetry::{
     CONNECTIONS_CUT_TOTAL, CONNECTIONS_REJECTED_TOTAL, CONNECTIONS_TOTAL, OPEN_CONNECTIONS,
 };
@@ -716,7 +717,12 @@ impl Watchdog {
             let info = info.clone();
             async move {
                 let req = req.map(ClientBody::Hyper);
-                Ok::<_, Infallible>(pipeline::handle(&shared, &info, req).await)
+                let (mut parts, body) = pipeline::handle(&shared, &info, req).await.into_parts();
+                // The native server writes these into the head itself.
+                if let Some(exchange) = body.exchange() {
+                    ResponseFields::new(exchange).insert(&mut parts.headers);
+                }
+                Ok::<_, Infallible>(http::Response::from_parts(parts, body))
             }
         });
         let conn = rt.builder.serve_connection(TokioIo::new(io), service);

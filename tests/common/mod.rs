@@ -126,6 +126,19 @@ async fn answer(
             .body(full(name.to_string()))
             .unwrap();
     }
+    if path == "/gateway-fields" {
+        // Copies of every field the gateway may set on a response.
+        return Response::builder()
+            .header("x-request-id", "upstream-id")
+            .header("x-portcullis-upstream", "forged")
+            .header("x-portcullis-attempts", "99")
+            .header("ratelimit-policy", "\"upstream\";q=9;w=9")
+            .header("ratelimit", "\"upstream\";r=9;t=9")
+            .header("deprecation", "@1")
+            .header("x-upstream-public", "1")
+            .body(full(name.to_string()))
+            .unwrap();
+    }
     let mut body = req.into_body();
     while let Some(Ok(frame)) = body.frame().await {
         if let Some(d) = frame.data_ref() {
