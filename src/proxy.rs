@@ -291,36 +291,30 @@ pub static X_PORTCULLIS_UPSTREAM: HeaderName = HeaderName::from_static("x-portcu
 /// inserting them was ~1,200 instructions a limited request (callgrind).
 pub struct ResponseFields<'a> {
     exchange: &'a Exchange,
-    /// The lengths of the names written ([`lengths`]).
-    lengths: u32,
 }
+
+/// The lengths of every name [`ResponseFields`] may write ([`lengths`]).
+const RESPONSE_FIELD_LENGTHS: u32 = lengths(&[
+    "x-request-id",
+    "x-portcullis-upstream",
+    "x-portcullis-attempts",
+    "ratelimit",
+    "ratelimit-policy",
+    "deprecation",
+    "sunset",
+    "link",
+]);
 
 impl<'a> ResponseFields<'a> {
     pub fn new(exchange: &'a Exchange) -> ResponseFields<'a> {
-        let bit = |name: &HeaderName| 1u32 << name.as_str().len().min(31);
-        let mut lengths = bit(&X_REQUEST_ID);
-        if exchange.upstream_header.is_some() {
-            lengths |= bit(&X_PORTCULLIS_UPSTREAM);
-        }
-        if exchange.attempts_header {
-            lengths |= bit(&X_PORTCULLIS_ATTEMPTS);
-        }
-        if exchange.rate.is_some() {
-            lengths |= bit(&RATELIMIT) | bit(&RATELIMIT_POLICY);
-        }
-        if let Some(d) = &exchange.deprecation {
-            for (name, _) in &d.headers {
-                lengths |= bit(name);
-            }
-        }
-        ResponseFields { exchange, lengths }
+        ResponseFields { exchange }
     }
 
     /// Whether the gateway writes a field named `name`: the upstream's
     /// copy is left out. Most names differ in length from all of ours.
     #[inline]
     pub fn replaces(&self, name: &HeaderName) -> bool {
-        if !length_in(self.lengths, name) {
+        if !length_in(RESPONSE_FIELD_LENGTHS, name) {
             return false;
         }
         let e = self.exchange;
@@ -568,6 +562,25 @@ mod tests {
         }
         for name in GATEWAY_FIELDS {
             assert!(length_in(GATEWAY_FIELD_LENGTHS, name), "{name}");
+        }
+        let deprecation = crate::routing::version::Deprecation::new(
+            &crate::config::DeprecationConfig {
+                since: Some(crate::config::Timestamp(1)),
+                sunset: Some(crate::config::Timestamp(2)),
+                link: Some("https://example.com/v2".into()),
+            },
+            metrics::Counter::noop(),
+        );
+        for name in [
+            &X_REQUEST_ID,
+            &X_PORTCULLIS_UPSTREAM,
+            &X_PORTCULLIS_ATTEMPTS,
+        ]
+        .into_iter()
+        .chain([&RATELIMIT, &RATELIMIT_POLICY])
+        .chain(deprecation.headers.iter().map(|(n, _)| n))
+        {
+            assert!(length_in(RESPONSE_FIELD_LENGTHS, name), "{name}");
         }
         assert!(!length_in(HOP_BY_HOP_LENGTHS, &HOST));
     }
