@@ -13,7 +13,6 @@ use http::HeaderMap;
 use crate::config::Cidr;
 use crate::limits::rate::{RATELIMIT, RATELIMIT_POLICY};
 use crate::telemetry::Exchange;
-use crate::upstream::retry::X_PORTCULLIS_ATTEMPTS;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -278,7 +277,9 @@ fn field(out: &mut BytesMut, name_colon: &[u8], value: &[u8]) {
 }
 
 /// Which upstream answered (`server.upstream_header`).
-pub static X_PORTCULLIS_UPSTREAM: HeaderName = HeaderName::from_static("x-portcullis-upstream");
+static X_PORTCULLIS_UPSTREAM: HeaderName = HeaderName::from_static("x-portcullis-upstream");
+/// Tries sent upstream (the upstream's `retry.attempts_header`).
+static X_PORTCULLIS_ATTEMPTS: HeaderName = HeaderName::from_static("x-portcullis-attempts");
 
 /// The gateway's own fields on a response (pipeline step 6): `x-request-id`
 /// always; `x-portcullis-upstream`, `x-portcullis-attempts`, the

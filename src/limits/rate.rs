@@ -189,7 +189,7 @@ pub struct Decision {
 
 impl Decision {
     /// Writes the `RateLimit` field's value for this decision.
-    pub fn write(&self, policy: &str, out: &mut BytesMut) {
+    fn write(&self, policy: &str, out: &mut BytesMut) {
         out.extend_from_slice(b"\"");
         out.extend_from_slice(policy.as_bytes());
         out.extend_from_slice(b"\";r=");
@@ -206,7 +206,7 @@ impl Decision {
     }
 
     /// The `RateLimit` field for this decision.
-    pub fn header(&self, policy: &str) -> Option<HeaderValue> {
+    fn header(&self, policy: &str) -> Option<HeaderValue> {
         // Two 20-digit numbers at most.
         let mut text = BytesMut::with_capacity(policy.len() + 7 + 40);
         self.write(policy, &mut text);

@@ -20,7 +20,6 @@ use crate::config::RetryConfig;
 use crate::telemetry::{Metrics, UPSTREAM_RETRIES_TOTAL};
 
 pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-pub static X_PORTCULLIS_ATTEMPTS: HeaderName = HeaderName::from_static("x-portcullis-attempts");
 
 /// How far back the budget looks.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
