@@ -148,7 +148,6 @@ impl Gateway {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tick.tick().await;
-                metrics.run_upkeep();
                 // Requests expire idle connections as they pass; this
                 // closes those of endpoints no request reaches.
                 for endpoint in upkeep.state.all_endpoints() {

@@ -7,15 +7,18 @@
 //! compiled, or once per (route, status) on first use, never looked up by
 //! string per request.
 
-use std::sync::{Arc, OnceLock};
+mod histogram;
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use http::{HeaderValue, Method};
-use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use tokio::time::Instant;
 
 use crate::error::CODES;
+pub use histogram::DurationHistogram;
 
 pub const REQUESTS_TOTAL: &str = "portcullis_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "portcullis_request_duration_seconds";
@@ -52,10 +55,6 @@ pub const TLS_CERTIFICATE_RELOADS_TOTAL: &str = "portcullis_tls_certificate_relo
 pub const TLS_CERTIFICATE_NOT_AFTER: &str =
     "portcullis_tls_certificate_not_after_timestamp_seconds";
 
-const DURATION_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
 static METADATA: Metadata<'static> = Metadata::new("portcullis", Level::INFO, None);
 
 /// One gateway's metrics registry.
@@ -63,23 +62,21 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     pub in_flight: Gauge,
+    /// `request_duration_seconds` by route, rendered after the recorder's
+    /// metrics. Kept across reloads, as the recorder keeps its series.
+    durations: Mutex<Vec<(Arc<str>, Arc<DurationHistogram>)>>,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
-        let builder = PrometheusBuilder::new();
-        // Buckets are valid constants; fall back to summaries rather than fail.
-        let builder = match PrometheusBuilder::new().set_buckets(DURATION_BUCKETS) {
-            Ok(b) => b,
-            Err(_) => builder,
-        };
-        let recorder = builder.build_recorder();
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let in_flight = recorder.register_gauge(&Key::from_name(IN_FLIGHT_REQUESTS), &METADATA);
         Arc::new(Metrics {
             recorder,
             handle,
             in_flight,
+            durations: Mutex::default(),
         })
     }
 
@@ -92,20 +89,34 @@ impl Metrics {
         self.recorder.register_gauge(&key(name, labels), &METADATA)
     }
 
-    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        self.recorder
-            .register_histogram(&key(name, labels), &METADATA)
+    /// The duration histogram of `route`: the one already registered under
+    /// that name, or a new one.
+    fn duration_histogram(&self, route: &Arc<str>) -> Arc<DurationHistogram> {
+        let mut durations = self
+            .durations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, h)) = durations.iter().find(|(r, _)| r == route) {
+            return h.clone();
+        }
+        let h = Arc::new(DurationHistogram::default());
+        durations.push((route.clone(), h.clone()));
+        h
     }
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        self.handle.render()
-    }
-
-    /// Drains histogram samples into their buckets; run periodically so
-    /// samples do not pile up between scrapes.
-    pub fn run_upkeep(&self) {
-        self.handle.run_upkeep();
+        let mut out = self.handle.render();
+        let durations = self
+            .durations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        histogram::render_family(
+            REQUEST_DURATION_SECONDS,
+            durations.iter().map(|(route, h)| (&**route, &**h)),
+            &mut out,
+        );
+        out
     }
 }
 
@@ -121,7 +132,7 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
 pub struct RouteMetrics {
     pub route: Arc<str>,
     metrics: Arc<Metrics>,
-    duration: Histogram,
+    duration: Arc<DurationHistogram>,
     /// `requests_total` by status, registered on first use: [class][code % 100].
     statuses: [OnceLock<Box<[OnceLock<Counter>]>>; 5],
     rejections: [OnceLock<Counter>; CODES.len()],
@@ -129,7 +140,7 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     pub fn new(metrics: &Arc<Metrics>, route: Arc<str>) -> Arc<RouteMetrics> {
-        let duration = metrics.histogram(REQUEST_DURATION_SECONDS, &[("route", &route)]);
+        let duration = metrics.duration_histogram(&route);
         Arc::new(RouteMetrics {
             route,
             metrics: metrics.clone(),
@@ -256,7 +267,7 @@ impl Drop for Exchange {
         if let Some(c) = self.route.status_counter(self.status) {
             c.increment(1);
         }
-        self.route.duration.record(elapsed.as_secs_f64());
+        self.route.duration.record(elapsed);
         if self.access_log {
             self.log(elapsed);
         }

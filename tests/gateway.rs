@@ -882,7 +882,8 @@ async fn admin_endpoints() {
     assert_eq!(m.status, 200);
     for series in [
         "portcullis_requests_total{route=\"all\",status=\"200\"} 1",
-        "portcullis_request_duration_seconds_bucket{route=\"all\",le=\"+Inf\"}",
+        "portcullis_request_duration_seconds_bucket{route=\"all\",le=\"+Inf\"} 1\n",
+        "portcullis_request_duration_seconds_count{route=\"all\"} 1\n",
         "portcullis_upstream_requests_total{upstream=\"up\",outcome=\"ok\"} 1",
         "portcullis_in_flight_requests 0",
     ] {

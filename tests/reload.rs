@@ -280,6 +280,28 @@ async fn in_flight_requests_finish_on_their_config_and_pools_survive() {
         (done.status.as_u16(), done.body.as_str()),
         (200, "a /a/delay/400")
     );
+
+    // Route `ra`'s duration histogram counts across the reloads: the two
+    // quick requests and the slow one (counted when its body has ended).
+    let count = "portcullis_request_duration_seconds_count{route=\"ra\"}";
+    let start = Instant::now();
+    let text = loop {
+        let text = admin(&gw, "/metrics").await.body;
+        if metric(&text, count) == 3.0 || start.elapsed() > Duration::from_secs(2) {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(metric(&text, count), 3.0, "{text}");
+    let quick = "portcullis_request_duration_seconds_bucket{route=\"ra\",le=\"0.25\"}";
+    assert_eq!(metric(&text, quick), 2.0, "{text}");
+    assert!(
+        metric(
+            &text,
+            "portcullis_request_duration_seconds_sum{route=\"ra\"}"
+        ) >= 0.4,
+        "{text}"
+    );
 }
 
 #[tokio::test]

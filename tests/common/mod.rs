@@ -34,7 +34,8 @@ pub struct Seen {
 }
 
 /// A real HTTP server on 127.0.0.1:0 that answers per path:
-/// - `/delay/<ms>`: waits, then answers like the default
+/// - `/delay/<ms>` (also behind a route prefix: `/a/delay/<ms>`): waits,
+///   then answers like the default
 /// - `/status/<code>`: answers with that status
 /// - `/bytes/<n>`: streams n bytes of body in 64 KiB chunks
 /// - `/hop`: answers with hop-by-hop headers that must not reach the client
@@ -106,7 +107,8 @@ async fn answer(
     *seen.last_headers.lock().unwrap() = Some(req.headers().clone());
     *seen.last_path.lock().unwrap() = Some(req.uri().to_string());
     tokio::time::sleep(delay).await;
-    if let Some(ms) = path.strip_prefix("/delay/") {
+    // Also behind a route's prefix (`/a/delay/400`).
+    if let Some((_, ms)) = path.split_once("/delay/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
     }
     if let Some(code) = path.strip_prefix("/status/") {
