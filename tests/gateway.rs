@@ -61,6 +61,56 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     );
 }
 
+/// With one worker (a current-thread runtime), a bodiless request's head is
+/// queued and written after the tasks that are ready have run
+/// (`upstream::write_behind`). Concurrent requests all reach the upstream
+/// and come back, kept-alive connections are reused, and a head too large
+/// to queue is written directly. A second runtime on the same thread, after
+/// the first is gone, gets its own writer: a stale one would leave its
+/// requests unsent, and this test would time out.
+#[test]
+fn queued_request_heads_reach_the_upstream_on_each_runtime_of_a_thread() {
+    for round in 0..2 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let up = spawn_upstream("alpha").await;
+            let gw = start_gateway(&simple_config(&[up.addr], "", "")).await;
+            let addr = gw.addr("http").unwrap();
+            let batch: Vec<_> = (0..32)
+                .map(|i| tokio::spawn(async move { get(addr, &format!("/n/{i}")).await }))
+                .collect();
+            for (i, task) in batch.into_iter().enumerate() {
+                let a = tokio::time::timeout(Duration::from_secs(5), task)
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: /n/{i} unanswered after 5 s"))
+                    .unwrap();
+                assert_eq!(a.status, 200, "round {round}");
+                assert_eq!(a.body, format!("alpha /n/{i}"), "round {round}");
+            }
+            let opened = up.seen.connections.load(Ordering::SeqCst);
+            for i in 0..10 {
+                assert_eq!(get(addr, &format!("/again/{i}")).await.status, 200);
+            }
+            assert_eq!(
+                up.seen.connections.load(Ordering::SeqCst),
+                opened,
+                "round {round}: sequential requests reuse the pool"
+            );
+            let big = "x".repeat(6000);
+            let req = Request::get(format!("http://{addr}/big"))
+                .header("x-big", &big)
+                .body(empty())
+                .unwrap();
+            assert_eq!(send(&http1_client(), req).await.status, 200);
+            let seen = up.seen.last_headers.lock().unwrap().clone().unwrap();
+            assert_eq!(seen["x-big"], big.as_str(), "round {round}");
+        });
+    }
+}
+
 /// The next request head on a raw upstream's connection (`buf` keeps
 /// what was read past it); `None` when the connection ends or stays silent
 /// for 5 s.

@@ -17,6 +17,7 @@ pub mod outcome;
 pub mod pool;
 pub mod retry;
 pub mod window;
+mod write_behind;
 
 use std::error::Error as StdError;
 use std::sync::atomic::{AtomicUsize, Ordering};

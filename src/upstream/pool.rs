@@ -36,11 +36,12 @@ use http::{HeaderMap, Method, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::h1::{self, ChunkedDecoder, Decoded, ProtoError, RequestFraming, ResponseFraming};
-use super::{Endpoint, Outgoing};
+use super::{write_behind, Endpoint, Outgoing};
 use crate::body::RequestBody;
 use crate::sync::lock;
 use crate::tls::UpstreamTls;
@@ -170,7 +171,7 @@ impl Pool {
             );
             let sent = match (framing, body.take()) {
                 (RequestFraming::Empty, _) | (_, None) => {
-                    conn.write_out().await.map_err(SendError::Io)
+                    conn.send_head().await.map_err(SendError::Io)
                 }
                 // Boxed: most requests have no body, and inline its state
                 // would be copied along with every request's future.
@@ -202,7 +203,13 @@ impl Pool {
             let tcp = TcpStream::connect(&*endpoint.addr).await?;
             tcp.set_nodelay(true)?;
             match &self.connector {
-                Connector::Plain => Ok::<Io, io::Error>(Io::Plain(tcp)),
+                Connector::Plain => {
+                    let (read, write) = tcp.into_split();
+                    Ok::<Io, io::Error>(Io::Plain {
+                        read,
+                        write: Arc::new(write),
+                    })
+                }
                 Connector::Tls { tls, sni } => {
                     let name = match sni {
                         Some(name) => name.clone(),
@@ -266,7 +273,12 @@ fn closed_early(e: &io::Error) -> bool {
 
 /// An upstream connection's stream.
 enum Io {
-    Plain(TcpStream),
+    /// Split so that [`write_behind`] can write a queued head while the
+    /// connection's task waits to read.
+    Plain {
+        read: OwnedReadHalf,
+        write: Arc<OwnedWriteHalf>,
+    },
     /// Boxed: a TLS stream is large, and most upstreams are plain.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
@@ -278,7 +290,7 @@ impl AsyncRead for Io {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Plain { read, .. } => Pin::new(read).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -291,21 +303,37 @@ impl AsyncWrite for Io {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Plain { write, .. } => {
+                // Through the shared stream: the half itself is shared.
+                let stream: &TcpStream = (**write).as_ref();
+                loop {
+                    ready!(stream.poll_write_ready(cx))?;
+                    match stream.try_write(buf) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        written => return Poll::Ready(written),
+                    }
+                }
+            }
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            // TCP has nothing buffered to flush.
+            Io::Plain { .. } => Poll::Ready(Ok(())),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Plain { write, .. } => match Arc::get_mut(write) {
+                Some(write) => Pin::new(write).poll_shutdown(cx),
+                // A queued head is still to be written: the half shuts
+                // down when the last owner drops it.
+                None => Poll::Ready(Ok(())),
+            },
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
@@ -323,6 +351,18 @@ struct Conn {
 }
 
 impl Conn {
+    /// Sends a bodiless request's head (in `out`): queued to go out with
+    /// the others of this scheduler pass when it can be, else written.
+    async fn send_head(&mut self) -> io::Result<()> {
+        if let Io::Plain { write, .. } = &self.io {
+            if write_behind::queue(write, &self.out) {
+                self.out.clear();
+                return Ok(());
+            }
+        }
+        self.write_out().await
+    }
+
     /// Writes `out` and empties it.
     async fn write_out(&mut self) -> io::Result<()> {
         self.io.write_all(&self.out).await?;
