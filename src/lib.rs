@@ -104,7 +104,8 @@ impl Gateway {
     /// is separate: [`RunningGateway::watch_config`].
     pub async fn start(loaded: Loaded) -> Result<RunningGateway, StartError> {
         let metrics = Metrics::new();
-        let state = State::new(metrics.clone());
+        let write_behind = upstream::WriteBehind::for_this_runtime();
+        let state = State::new(metrics.clone(), write_behind.clone());
         let snapshot = Snapshot::compile(&loaded, &state, 1)?;
         let config = &loaded.config;
         for w in &loaded.warnings {
@@ -143,6 +144,9 @@ impl Gateway {
         let admin = admin_listener.local_addr().unwrap_or(admin_addr);
         tracing::info!(%admin, "admin port listening");
         tasks.push(tokio::spawn(admin::serve(admin_listener, shared.clone())));
+        if let Some(write_behind) = write_behind {
+            tasks.push(tokio::spawn(write_behind.flush_forever()));
+        }
         let upkeep = shared.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));

@@ -31,7 +31,7 @@ use crate::tls::UpstreamTls;
 use crate::upstream::breaker::Breaker;
 use crate::upstream::health::{self, CheckSettings};
 use crate::upstream::retry::RetryBudget;
-use crate::upstream::{Endpoint, Pool};
+use crate::upstream::{Endpoint, Pool, WriteBehind};
 
 type EndpointKey = (String, String);
 
@@ -46,6 +46,8 @@ pub struct State {
     shared_buckets: Mutex<HashMap<String, Arc<SharedBuckets>>>,
     upstream_in_flight: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
+    /// Given to every pool: request heads written per scheduler pass.
+    write_behind: Option<Arc<WriteBehind>>,
     endpoints: Mutex<HashMap<EndpointKey, Arc<Endpoint>>>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
@@ -82,8 +84,9 @@ impl Drop for StoreProbe {
 }
 
 impl State {
-    pub fn new(metrics: Arc<Metrics>) -> State {
+    pub fn new(metrics: Arc<Metrics>, write_behind: Option<Arc<WriteBehind>>) -> State {
         State {
+            write_behind,
             shedder: Shedder::new(&metrics),
             buckets: Mutex::default(),
             stores: Mutex::default(),
@@ -121,6 +124,7 @@ impl State {
             connect_timeout,
             tls,
             UpstreamMetrics::new(&self.metrics, name),
+            self.write_behind.clone(),
         ));
         pools.insert(name.to_string(), pool.clone());
         pool

@@ -65,9 +65,9 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 /// queued and written after the tasks that are ready have run
 /// (`upstream::write_behind`). Concurrent requests all reach the upstream
 /// and come back, kept-alive connections are reused, and a head too large
-/// to queue is written directly. A second runtime on the same thread, after
-/// the first is gone, gets its own writer: a stale one would leave its
-/// requests unsent, and this test would time out.
+/// to queue is written directly. Each gateway has its own writer, flushed
+/// on its own runtime: one left over from the first runtime would leave the
+/// second's requests unsent, and this test would time out.
 #[test]
 fn queued_request_heads_reach_the_upstream_on_each_runtime_of_a_thread() {
     for round in 0..2 {

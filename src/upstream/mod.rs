@@ -19,6 +19,8 @@ pub mod retry;
 pub mod window;
 mod write_behind;
 
+pub use write_behind::WriteBehind;
+
 use std::error::Error as StdError;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -41,7 +41,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::h1::{self, ChunkedDecoder, Decoded, ProtoError, RequestFraming, ResponseFraming};
-use super::{write_behind, Endpoint, Outgoing};
+use super::{Endpoint, Outgoing, WriteBehind};
 use crate::body::RequestBody;
 use crate::sync::lock;
 use crate::tls::UpstreamTls;
@@ -110,6 +110,8 @@ pub struct Pool {
     /// Round-robin cursor.
     pub(super) cursor: std::sync::atomic::AtomicUsize,
     pub metrics: crate::telemetry::UpstreamMetrics,
+    /// The gateway's writer for request heads (one worker only).
+    write_behind: Option<Arc<WriteBehind>>,
 }
 
 impl Pool {
@@ -117,6 +119,7 @@ impl Pool {
         connect_timeout: Duration,
         tls: Option<&UpstreamTls>,
         metrics: crate::telemetry::UpstreamMetrics,
+        write_behind: Option<Arc<WriteBehind>>,
     ) -> Pool {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Pool {
@@ -132,6 +135,7 @@ impl Pool {
             tls_identity: tls.map(|t| t.identity.clone()),
             cursor: std::sync::atomic::AtomicUsize::new(0),
             metrics,
+            write_behind,
         }
     }
 
@@ -171,7 +175,8 @@ impl Pool {
             );
             let sent = match (framing, body.take()) {
                 (RequestFraming::Empty, _) | (_, None) => {
-                    conn.send_head().await.map_err(SendError::Io)
+                    let queue = self.write_behind.as_deref();
+                    conn.send_head(queue).await.map_err(SendError::Io)
                 }
                 // Boxed: most requests have no body, and inline its state
                 // would be copied along with every request's future.
@@ -273,7 +278,7 @@ fn closed_early(e: &io::Error) -> bool {
 
 /// An upstream connection's stream.
 enum Io {
-    /// Split so that [`write_behind`] can write a queued head while the
+    /// Split so that [`WriteBehind`] can write a queued head while the
     /// connection's task waits to read.
     Plain {
         read: OwnedReadHalf,
@@ -353,9 +358,9 @@ struct Conn {
 impl Conn {
     /// Sends a bodiless request's head (in `out`): queued to go out with
     /// the others of this scheduler pass when it can be, else written.
-    async fn send_head(&mut self) -> io::Result<()> {
-        if let Io::Plain { write, .. } = &self.io {
-            if write_behind::queue(write, &self.out) {
+    async fn send_head(&mut self, queue: Option<&WriteBehind>) -> io::Result<()> {
+        if let (Io::Plain { write, .. }, Some(queue)) = (&self.io, queue) {
+            if queue.queue(write, &self.out) {
                 self.out.clear();
                 return Ok(());
             }

@@ -13,129 +13,94 @@
 //!
 //! Only on the current-thread runtime (`server.workers: 1`), where "after
 //! the ready tasks" is the run queue's order. Other runtimes write directly.
+//! Each gateway has its own writer, flushed by a task on its runtime.
 
-use std::cell::RefCell;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Notify;
+
+use crate::sync::lock;
 
 /// Heads up to this size are queued. An idle keep-alive connection's send
 /// buffer is empty, and a default one takes 16 KiB at once, so such a head
 /// is written whole by one call.
 pub const MAX_QUEUED_HEAD: usize = 4096;
 
-enum State {
-    /// Not yet looked at on this thread, or its runtime has gone.
-    Unknown,
-    /// Not a current-thread runtime: heads are written directly.
-    Off,
-    On(Batch),
+/// A gateway's queue of request heads and the signal to its flusher.
+pub struct WriteBehind {
+    batch: Mutex<Batch>,
+    flusher: Notify,
 }
 
+#[derive(Default)]
 struct Batch {
     /// The queued heads, back to back.
     bytes: Vec<u8>,
     /// Each head's connection and the end of its bytes.
     writes: Vec<(Arc<OwnedWriteHalf>, usize)>,
-    flusher: Arc<Notify>,
-    /// Cleared when the flusher task is dropped with its runtime.
-    alive: Arc<AtomicBool>,
 }
 
-thread_local! {
-    static STATE: RefCell<State> = const { RefCell::new(State::Unknown) };
-}
-
-/// Queues `head` for `socket`. `false`: not queued (a large head, or not a
-/// current-thread runtime): the caller writes it. A queued head that fails
-/// to go out leaves the connection to fail its read, as a lost connection
-/// does.
-pub fn queue(socket: &Arc<OwnedWriteHalf>, head: &[u8]) -> bool {
-    if head.len() > MAX_QUEUED_HEAD {
-        return false;
+impl Batch {
+    fn with_capacity() -> Batch {
+        Batch {
+            bytes: Vec::with_capacity(16 * 1024),
+            writes: Vec::with_capacity(64),
+        }
     }
-    let wake = STATE.with(|state| {
-        let mut state = state.borrow_mut();
-        if let State::On(batch) = &*state {
-            if !batch.alive.load(Ordering::Relaxed) {
-                *state = State::Unknown;
-            }
+}
+
+impl WriteBehind {
+    /// A writer when the gateway runs on a current-thread runtime; `None`
+    /// on others, where heads are written directly. Its [`flush_forever`]
+    /// must be spawned with the gateway's tasks.
+    pub fn for_this_runtime() -> Option<Arc<WriteBehind>> {
+        let flavor = Handle::try_current().ok()?.runtime_flavor();
+        (flavor == RuntimeFlavor::CurrentThread).then(|| {
+            Arc::new(WriteBehind {
+                batch: Mutex::new(Batch::with_capacity()),
+                flusher: Notify::new(),
+            })
+        })
+    }
+
+    /// Queues `head` for `socket`. `false`: too large to queue, the caller
+    /// writes it. A queued head that fails to go out leaves the connection
+    /// to fail its read, as a lost connection does.
+    pub fn queue(&self, socket: &Arc<OwnedWriteHalf>, head: &[u8]) -> bool {
+        if head.len() > MAX_QUEUED_HEAD {
+            return false;
         }
-        if let State::Unknown = *state {
-            *state = start();
-        }
-        let State::On(batch) = &mut *state else {
-            return None;
+        let first = {
+            let mut batch = lock(&self.batch);
+            let first = batch.writes.is_empty();
+            batch.bytes.extend_from_slice(head);
+            let end = batch.bytes.len();
+            batch.writes.push((socket.clone(), end));
+            first
         };
-        let first = batch.writes.is_empty();
-        batch.bytes.extend_from_slice(head);
-        batch.writes.push((socket.clone(), batch.bytes.len()));
-        Some(first.then(|| batch.flusher.clone()))
-    });
-    match wake {
-        None => false,
-        Some(flusher) => {
-            if let Some(flusher) = flusher {
-                flusher.notify_one();
-            }
-            true
+        if first {
+            self.flusher.notify_one();
         }
+        true
     }
-}
 
-/// This thread's state: a flusher task on a current-thread runtime, off
-/// otherwise.
-fn start() -> State {
-    let Ok(handle) = Handle::try_current() else {
-        return State::Off;
-    };
-    if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
-        return State::Off;
-    }
-    let flusher = Arc::new(Notify::new());
-    let alive = Arc::new(AtomicBool::new(true));
-    handle.spawn(flush_forever(flusher.clone(), AliveGuard(alive.clone())));
-    State::On(Batch {
-        bytes: Vec::with_capacity(16 * 1024),
-        writes: Vec::with_capacity(64),
-        flusher,
-        alive,
-    })
-}
-
-/// Clears `alive` when the flusher task is dropped (its runtime shut down),
-/// so the next head on this thread starts a new one.
-struct AliveGuard(Arc<AtomicBool>);
-
-impl Drop for AliveGuard {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Relaxed);
-    }
-}
-
-/// Writes what was queued each time it is woken: once per batch, after the
-/// tasks that were ready when the first head was queued.
-async fn flush_forever(flusher: Arc<Notify>, _alive: AliveGuard) {
-    let mut bytes = Vec::with_capacity(16 * 1024);
-    let mut writes = Vec::with_capacity(64);
-    loop {
-        flusher.notified().await;
-        STATE.with(|state| {
-            if let State::On(batch) = &mut *state.borrow_mut() {
-                std::mem::swap(&mut batch.bytes, &mut bytes);
-                std::mem::swap(&mut batch.writes, &mut writes);
+    /// Writes what was queued each time it is woken: once per batch, after
+    /// the tasks that were ready when the batch's first head was queued.
+    pub async fn flush_forever(self: Arc<Self>) {
+        let mut taken = Batch::with_capacity();
+        loop {
+            self.flusher.notified().await;
+            std::mem::swap(&mut *lock(&self.batch), &mut taken);
+            let mut start = 0;
+            for (socket, end) in taken.writes.drain(..) {
+                write(socket, &taken.bytes[start..end]);
+                start = end;
             }
-        });
-        let mut start = 0;
-        for (socket, end) in writes.drain(..) {
-            write(socket, &bytes[start..end]);
-            start = end;
+            taken.bytes.clear();
         }
-        bytes.clear();
     }
 }
 
