@@ -36,11 +36,12 @@ use http::{HeaderMap, Method, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::h1::{self, ChunkedDecoder, Decoded, ProtoError, RequestFraming, ResponseFraming};
+use super::write_behind::SharedWrite;
 use super::{Endpoint, Outgoing, WriteBehind};
 use crate::body::RequestBody;
 use crate::sync::lock;
@@ -212,7 +213,7 @@ impl Pool {
                     let (read, write) = tcp.into_split();
                     Ok::<Io, io::Error>(Io::Plain {
                         read,
-                        write: Arc::new(write),
+                        write: SharedWrite(Arc::new(write)),
                     })
                 }
                 Connector::Tls { tls, sni } => {
@@ -282,7 +283,7 @@ enum Io {
     /// connection's task waits to read.
     Plain {
         read: OwnedReadHalf,
-        write: Arc<OwnedWriteHalf>,
+        write: SharedWrite,
     },
     /// Boxed: a TLS stream is large, and most upstreams are plain.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
@@ -308,37 +309,21 @@ impl AsyncWrite for Io {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Io::Plain { write, .. } => {
-                // Through the shared stream: the half itself is shared.
-                let stream: &TcpStream = (**write).as_ref();
-                loop {
-                    ready!(stream.poll_write_ready(cx))?;
-                    match stream.try_write(buf) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        written => return Poll::Ready(written),
-                    }
-                }
-            }
+            Io::Plain { write, .. } => Pin::new(write).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            // TCP has nothing buffered to flush.
-            Io::Plain { .. } => Poll::Ready(Ok(())),
+            Io::Plain { write, .. } => Pin::new(write).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Io::Plain { write, .. } => match Arc::get_mut(write) {
-                Some(write) => Pin::new(write).poll_shutdown(cx),
-                // A queued head is still to be written: the half shuts
-                // down when the last owner drops it.
-                None => Poll::Ready(Ok(())),
-            },
+            Io::Plain { write, .. } => Pin::new(write).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }

@@ -16,9 +16,13 @@
 //! Each gateway has its own writer, flushed by a task on its runtime.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::Notify;
 
@@ -35,7 +39,6 @@ pub struct WriteBehind {
     flusher: Notify,
 }
 
-#[derive(Default)]
 struct Batch {
     /// The queued heads, back to back.
     bytes: Vec<u8>,
@@ -69,7 +72,7 @@ impl WriteBehind {
     /// Queues `head` for `socket`. `false`: too large to queue, the caller
     /// writes it. A queued head that fails to go out leaves the connection
     /// to fail its read, as a lost connection does.
-    pub fn queue(&self, socket: &Arc<OwnedWriteHalf>, head: &[u8]) -> bool {
+    pub fn queue(&self, socket: &SharedWrite, head: &[u8]) -> bool {
         if head.len() > MAX_QUEUED_HEAD {
             return false;
         }
@@ -78,7 +81,7 @@ impl WriteBehind {
             let first = batch.writes.is_empty();
             batch.bytes.extend_from_slice(head);
             let end = batch.bytes.len();
-            batch.writes.push((socket.clone(), end));
+            batch.writes.push((socket.0.clone(), end));
             first
         };
         if first {
@@ -116,16 +119,42 @@ fn write(socket: Arc<OwnedWriteHalf>, head: &[u8]) {
     };
     let rest = head[written..].to_vec();
     tokio::spawn(async move {
-        let mut rest = &rest[..];
-        while !rest.is_empty() {
-            if socket.writable().await.is_err() {
-                return;
-            }
-            match socket.try_write(rest) {
-                Ok(n) => rest = &rest[n..],
+        // An error: as above.
+        let _ = SharedWrite(socket).write_all(&rest).await;
+    });
+}
+
+/// A plain connection's write half, shared between the connection and the
+/// flusher, and written through the stream underneath.
+pub struct SharedWrite(pub Arc<OwnedWriteHalf>);
+
+impl AsyncWrite for SharedWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let stream: &TcpStream = (*self.0).as_ref();
+        loop {
+            ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
+                written => return Poll::Ready(written),
             }
         }
-    });
+    }
+
+    /// TCP has nothing buffered to flush.
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Arc::get_mut(&mut self.get_mut().0) {
+            Some(write) => Pin::new(write).poll_shutdown(cx),
+            // A queued head is still to be written: the half shuts down
+            // when the last owner drops it.
+            None => Poll::Ready(Ok(())),
+        }
+    }
 }
